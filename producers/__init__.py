@@ -1,0 +1,40 @@
+"""Producing sendq jobs from Python.
+
+Build a :class:`Producer` once and pass it around::
+
+    with Producer.connect() as producer:
+        message_id = producer.send("+13125550123", from_="+13125550001", text="Your code is 123456",
+                                   priority="urgent")
+
+The module-level :func:`send` and :func:`status` use one producer built from the environment on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from producers.producer import Producer
+
+__all__ = ["Producer", "default_producer", "send", "status"]
+
+_default: Producer | None = None
+_lock = threading.Lock()
+
+
+def default_producer() -> Producer:
+    """The process-wide producer, built from the environment on first call (never at import)."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = Producer.connect()
+        return _default
+
+
+def send(to: str, **options: Any) -> str:
+    """Accept one message with the default producer; returns its id."""
+    return default_producer().send(to, **options)
+
+
+def status(message_id: str) -> dict[str, Any]:
+    return default_producer().status(message_id)

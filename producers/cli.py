@@ -1,0 +1,236 @@
+"""The ``sendq`` console script.
+
+Every command builds its settings and clients here, at the edge, and passes them down. With ``--json``
+stdout carries exactly one JSON object. Errors go to stderr as one line; the exit code is 2 for bad
+input, 1 for any other failure, 0 for success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from worker.errors import SendqError, ValidationError
+
+log = logging.getLogger("sendq")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_WEB_PORT = 8080
+DEFAULT_SIMULATOR_PORT = 8090
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj, default=str) if args.json else text)
+
+
+def _settings() -> Any:
+    from worker.settings import Settings
+
+    return Settings.from_env()
+
+
+# -- producer commands --------------------------------------------------------------------------------
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from producers import Producer
+
+    with Producer.connect(_settings()) as producer:
+        result = producer.submit(
+            args.to, text=args.text, media_urls=args.media or (), from_=args.from_, profile=args.profile,
+            kind=args.kind, priority=args.priority, idempotency_key=args.idempotency_key,
+        )
+    _emit(args, {"id": result["id"], "status": result["status"]}, f"{result['id']} {result['status']}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from producers import Producer
+
+    with Producer.connect(_settings()) as producer:
+        record = producer.status(args.id)
+    _emit(args, record, _format_record(record))
+    return EXIT_OK
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    lines = [f"{key:>14}: {record[key]}" for key in record if key not in ("history", "errors") and record[key]]
+    for error in record["errors"]:
+        lines.append(f"{'error':>14}: {error.get('code')} {error.get('title')} {error.get('detail') or ''}")
+    lines.append(f"{'history':>14}: " + " -> ".join(h["status"] for h in record["history"]))
+    return "\n".join(lines)
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.broker import QUEUES
+    from worker.embedded import resolve_redis
+    from worker.pool import Pool
+    from worker.services import Services
+
+    settings, embedded = resolve_redis(_settings())
+    queues = args.queues.split(",") if args.queues else list(QUEUES)
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown:
+        raise ValidationError("queues", f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}")
+    Services.build(settings).close()  # fail here, with the reason, rather than in every child
+    try:
+        return Pool(settings, processes=args.processes, threads=args.threads, queues=queues).run()
+    finally:
+        if embedded:
+            embedded.close()
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from worker.embedded import resolve_redis
+    from worker.web import create_app
+
+    settings, embedded = resolve_redis(_settings())
+    if not settings.public_keys:
+        log.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused with 401")
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    finally:
+        if embedded:
+            embedded.close()
+    return EXIT_OK
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    import signal
+
+    from worker.actors import Actors
+    from worker.broker import build_broker
+    from worker.embedded import resolve_redis
+    from worker.scheduler import Scheduler
+    from worker.store import Store
+
+    settings, embedded = resolve_redis(_settings())
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    broker = build_broker(settings)
+    store = Store.from_url(settings.database_url)
+    try:
+        Scheduler(settings, store, Actors(broker)).run(stop)
+    finally:
+        broker.close()
+        store.close()
+        if embedded:
+            embedded.close()
+    return EXIT_OK
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from worker.simulator import Simulator, SimulatorConfig, create_app
+
+    config = SimulatorConfig(
+        webhook_url=args.webhook_url or None, webhook_failover_url=args.failover_url, api_key=args.api_key,
+        key_seed=args.key_seed, outcome=args.outcome, sent_delay_s=args.sent_delay, final_delay_s=args.final_delay,
+    )
+    simulator = Simulator(config)
+    print(f"Telnyx simulator on http://{args.host}:{args.port}/v2  "
+          f"(TELNYX_BASE_URL=http://{args.host}:{args.port}/v2)", flush=True)
+    print(f"TELNYX_PUBLIC_KEY={simulator.public_key}", flush=True)
+    uvicorn.run(create_app(simulator), host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from producers.demo import run_demo
+
+    return run_demo(_settings(), out=sys.stdout)
+
+
+# -- parser -------------------------------------------------------------------------------------------
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from producers.validation import KINDS, PRIORITIES
+
+    parser = argparse.ArgumentParser(prog="sendq", description="Bulk and scheduled messaging through Telnyx.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
+            json_flag: bool = False) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        if json_flag:
+            command.add_argument("--json", action="store_true", help="print one JSON object")
+        return command
+
+    send = add("send", cmd_send, "accept one message", json_flag=True)
+    send.add_argument("--to", required=True, help="recipient, E.164")
+    send.add_argument("--from", dest="from_", help="sender: E.164 number, short code or alphanumeric ID")
+    send.add_argument("--profile", help="messaging profile UUID (number pools, alphanumeric senders)")
+    send.add_argument("--text", help="message text")
+    send.add_argument("--media", action="append", metavar="URL", help="media URL (repeatable, MMS)")
+    send.add_argument("--kind", default="auto", choices=KINDS)
+    send.add_argument("--priority", default="normal", choices=PRIORITIES)
+    send.add_argument("--idempotency-key", help="sending twice with the same key sends once")
+
+    status = add("status", cmd_status, "show one message's record", json_flag=True)
+    status.add_argument("id")
+
+    worker = add("worker", cmd_worker, "run dramatiq workers for every actor")
+    worker.add_argument("--processes", type=_positive, default=2)
+    worker.add_argument("--threads", type=_positive, default=8)
+    worker.add_argument("--queues", help="comma-separated queues to serve (default: all)")
+
+    web = add("web", cmd_web, "run the webhook receiver, health and metrics")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=DEFAULT_WEB_PORT)
+
+    add("scheduler", cmd_scheduler, "run the periodic loop (re-enqueue messages whose job was lost)")
+
+    sim = add("simulator", cmd_simulator, "run the local Telnyx API simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=DEFAULT_SIMULATOR_PORT)
+    sim.add_argument("--webhook-url", default=f"http://127.0.0.1:{DEFAULT_WEB_PORT}/webhooks/telnyx",
+                     help="where webhooks go when a message names none ('' for nowhere)")
+    sim.add_argument("--failover-url", help="webhook failover URL")
+    sim.add_argument("--api-key", help="require this bearer key (default: accept any)")
+    sim.add_argument("--key-seed", default="sendq-simulator", help="seed of the webhook signing key")
+    sim.add_argument("--outcome", default="delivered",
+                     choices=["delivered", "delivery_failed", "delivery_unconfirmed", "sending_failed", "expired"])
+    sim.add_argument("--sent-delay", type=float, default=0.05, help="seconds from accept to message.sent")
+    sim.add_argument("--final-delay", type=float, default=0.05, help="seconds from sent to message.finalized")
+
+    add("demo", cmd_demo, "run everything on embedded defaults against the simulator and send a batch")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from worker.logs import configure_logging
+
+    configure_logging("WARNING" if args.command in ("send", "status", "demo") else "INFO")
+    try:
+        return int(args.handler(args))
+    except ValidationError as exc:
+        print(f"sendq: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SendqError as exc:
+        print(f"sendq: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""sendq's dramatiq actors, bound to one broker and (in worker processes) one set of services.
+
+Actors are thin: they take an id or an event, call the plain function that does the work, and leave
+retry decisions to dramatiq's Retries middleware. Producers build ``Actors(broker)`` without services
+only to enqueue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from worker import metrics
+from worker.broker import DEFAULT, EVENTS, QUEUE_FOR_PRIORITY
+from worker.errors import ConfigurationError, NotFoundError
+from worker.events import apply_event
+from worker.sending import send_one
+from worker.services import Services
+
+
+class Actors:
+    """The actors of one broker. ``services`` is required to run jobs, not to enqueue them."""
+
+    def __init__(self, broker: dramatiq.Broker, services: Services | None = None) -> None:
+        self.broker = broker
+        self._services = services
+        self.send_message = dramatiq.actor(
+            self._send_message, broker=broker, actor_name="send_message", queue_name=DEFAULT,
+            throws=(NotFoundError, ConfigurationError),
+        )
+        self.apply_event = dramatiq.actor(
+            self._apply_event, broker=broker, actor_name="apply_event", queue_name=EVENTS,
+        )
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise ConfigurationError("these actors were built to enqueue only")
+        return self._services
+
+    def enqueue_send(self, message_id: str, priority: str, *, delay_ms: int | None = None) -> None:
+        """Enqueue ``send_message`` on the queue of ``priority`` (urgent, normal, bulk)."""
+        message = self.send_message.message(message_id).copy(queue_name=QUEUE_FOR_PRIORITY[priority])
+        self.broker.enqueue(message, delay=delay_ms)
+
+    def enqueue_event(self, event: dict[str, Any]) -> None:
+        self.apply_event.send(event)
+
+    # Actors return None: outcomes live in the store and the metrics, not in a result backend.
+
+    def _send_message(self, message_id: str) -> None:
+        current = CurrentMessage.get_current_message()
+        retries = current.options.get("retries", 0) if current else 0
+        send_one(self.services, message_id, last_try=retries >= self.services.settings.send_max_retries)
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        metrics.EVENTS.labels(apply_event(self.services.store, event)).inc()

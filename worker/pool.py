@@ -1,0 +1,96 @@
+"""``sendq worker``: a small supervisor running dramatiq workers in child processes.
+
+Each child builds its own broker, services and actors from the settings it is handed (nothing is shared
+across the fork but configuration), serves the chosen queues with a pool of threads, and stops cleanly
+on SIGTERM or SIGINT: in-flight jobs finish, prefetched ones go back to Redis. A child that dies is
+replaced, so a crash costs only the jobs it held (which Redis redelivers).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import dramatiq
+
+from worker.actors import Actors
+from worker.broker import QUEUES, build_broker
+from worker.logs import configure_logging
+from worker.services import Services
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long a stopping worker waits for in-flight jobs before requeueing what is left.
+STOP_TIMEOUT_MS = 30_000
+
+
+def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int = 8) -> dramatiq.Worker:
+    """Start consuming ``queues`` for ``actors`` (built with services) in this process."""
+    worker = dramatiq.Worker(actors.broker, queues=set(queues), worker_threads=threads)
+    worker.start()
+    return worker
+
+
+def _child_main(settings: Settings, queues: list[str], threads: int) -> None:
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    broker = build_broker(settings)
+    services = Services.build(settings)
+    worker = start_worker(Actors(broker, services), queues=queues, threads=threads)
+    log.info("worker process ready: queues=%s threads=%d", ",".join(queues), threads)
+    stop.wait()
+    worker.stop(timeout=STOP_TIMEOUT_MS)
+    broker.close()
+    services.close()
+
+
+class Pool:
+    """``processes`` children, each running ``threads`` worker threads over ``queues``."""
+
+    def __init__(self, settings: Settings, *, processes: int, threads: int, queues: Iterable[str]) -> None:
+        self.settings = settings
+        self.processes = processes
+        self.threads = threads
+        self.queues = list(queues)
+        self._context: Any = multiprocessing.get_context("spawn")
+        self._children: list[BaseProcess] = []
+        self._stopping = threading.Event()
+
+    def _spawn(self) -> BaseProcess:
+        child = self._context.Process(target=_child_main, args=(self.settings, self.queues, self.threads),
+                                      name="sendq-worker", daemon=False)
+        child.start()
+        return child
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> int:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT in the main thread); returns an exit code."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: self.stop())
+        self._children = [self._spawn() for _ in range(self.processes)]
+        while not self._stopping.wait(0.5):
+            for i, child in enumerate(self._children):
+                if not child.is_alive():
+                    log.warning("worker process %s exited with %s; starting another", child.pid, child.exitcode)
+                    self._children[i] = self._spawn()
+        for child in self._children:
+            if child.is_alive() and child.pid is not None:
+                child.terminate()  # SIGTERM: the child finishes in-flight jobs and requeues the rest
+        deadline = time.monotonic() + STOP_TIMEOUT_MS / 1000 + 5
+        for child in self._children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+        return 0

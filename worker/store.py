@@ -1,0 +1,349 @@
+"""The outcome store: the system of record for every message (SQLAlchemy Core).
+
+SQLite by default, PostgreSQL through psycopg 3 in production. A message row is written before its job is
+enqueued (a transactional outbox): a job lost in Redis is found again from here, and a duplicate job finds
+the row already claimed. Every status change is a conditional UPDATE that follows :mod:`worker.statuses`,
+recorded in ``message_history`` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from worker import statuses
+from worker.errors import NotFoundError
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("idempotency_key", sa.String(255), unique=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("priority", sa.String(10), nullable=False),
+    sa.Column("sender", sa.String(64)),
+    sa.Column("messaging_profile_id", sa.String(64)),
+    sa.Column("recipients", sa.JSON, nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(24), nullable=False, index=True),
+    sa.Column("telnyx_id", sa.String(64), unique=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("errors", sa.JSON, nullable=False, default=list),
+    sa.Column("parts", sa.Integer),
+    sa.Column("cost", sa.JSON),
+    sa.Column("send_at", UTCDateTime),
+    sa.Column("valid_until", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_messages_status_updated", "status", "updated_at"),
+)
+
+history = sa.Table(
+    "message_history",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(36), sa.ForeignKey("messages.id"), nullable=False, index=True),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+#: Every verified Telnyx event, keyed by its id: the durable dedupe, and the parking place of events that
+#: arrive before the send recorded the telnyx id they refer to.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("telnyx_id", sa.String(64), index=True),
+    sa.Column("occurred_at", UTCDateTime),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("applied_at", UTCDateTime),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url``; ``postgresql://`` URLs are routed to psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A validated message, ready to be stored. Built by the producer."""
+
+    kind: str
+    priority: str
+    recipients: list[str]
+    endpoint: str
+    body: dict[str, Any]
+    sender: str | None = None
+    messaging_profile_id: str | None = None
+    idempotency_key: str | None = None
+    status: str = statuses.QUEUED
+    send_at: datetime | None = None
+    valid_until: datetime | None = None
+    id: str = field(default_factory=new_id)
+
+    def same_request(self, row: Mapping[str, Any]) -> bool:
+        """Whether a stored row was made from the same request (idempotency keys must not be reused)."""
+        return (row["kind"], row["priority"], row["body"]) == (self.kind, self.priority, self.body)
+
+
+class Store:
+    """Messages, their history and Telnyx events in one SQL database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        store = cls(create_engine(url))
+        store.create_schema()
+        return store
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine, checkfirst=True)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- messages -------------------------------------------------------------------------------------
+
+    def insert(self, new: NewMessage) -> tuple[dict[str, Any], bool]:
+        """Store ``new``; returns ``(row, created)``.
+
+        With an idempotency key already in the store, nothing is written and the existing row comes back
+        with ``created=False``: the caller decides whether the two requests match.
+        """
+        now = utcnow()
+        row = {
+            "id": new.id, "idempotency_key": new.idempotency_key, "kind": new.kind,
+            "priority": new.priority, "sender": new.sender, "messaging_profile_id": new.messaging_profile_id,
+            "recipients": new.recipients, "endpoint": new.endpoint, "body": new.body, "status": new.status,
+            "attempts": 0, "errors": [], "send_at": new.send_at, "valid_until": new.valid_until,
+            "created_at": now, "updated_at": now,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(messages.insert().values(**row))
+                conn.execute(history.insert().values(message_id=new.id, status=new.status, at=now))
+        except sa.exc.IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            existing = self.row_by_idempotency_key(new.idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        return row, True
+
+    def row(self, message_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            found = conn.execute(messages.select().where(messages.c.id == message_id)).mappings().first()
+        if found is None:
+            raise NotFoundError(f"no message with id {message_id!r}")
+        return dict(found)
+
+    def row_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            found = conn.execute(messages.select().where(messages.c.idempotency_key == key)).mappings().first()
+        return dict(found) if found else None
+
+    def id_by_telnyx_id(self, telnyx_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(messages.c.id).where(messages.c.telnyx_id == telnyx_id)).scalar()
+
+    def history(self, message_id: str) -> list[dict[str, Any]]:
+        query = sa.select(history.c.status, history.c.at).where(history.c.message_id == message_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query.order_by(history.c.seq)).mappings()]
+
+    def record(self, message_id: str) -> dict[str, Any]:
+        """The message as CONTRACT.md shows it (``sendq status --json``)."""
+        row = self.row(message_id)
+        recipients = row["recipients"]
+        return {
+            "id": row["id"],
+            "status": row["status"],
+            "to": recipients[0] if len(recipients) == 1 else recipients,
+            "from": row["sender"],
+            "messaging_profile_id": row["messaging_profile_id"],
+            "kind": row["kind"],
+            "priority": row["priority"],
+            "idempotency_key": row["idempotency_key"],
+            "telnyx_id": row["telnyx_id"],
+            "attempts": row["attempts"],
+            "errors": row["errors"],
+            "parts": row["parts"],
+            "cost": row["cost"],
+            "send_at": _iso(row["send_at"]),
+            "valid_until": _iso(row["valid_until"]),
+            "created_at": _iso(row["created_at"]),
+            "updated_at": _iso(row["updated_at"]),
+            "history": [{"status": h["status"], "at": _iso(h["at"])} for h in self.history(message_id)],
+        }
+
+    def transition(
+        self,
+        message_id: str,
+        to: str,
+        *,
+        from_: Iterable[str] | None = None,
+        at: datetime | None = None,
+        values: Mapping[str, Any] | None = None,
+        add_errors: Iterable[Mapping[str, Any]] = (),
+    ) -> bool:
+        """Move a message to ``to`` if it is in one of ``from_`` (default: any status of lower rank).
+
+        One conditional UPDATE decides; ``values`` and ``add_errors`` are written with it and the history
+        row in the same transaction. Returns whether this call made the move.
+        """
+        allowed = statuses.lower_than(to) if from_ is None else frozenset(from_)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                messages.update()
+                .where(messages.c.id == message_id, messages.c.status.in_(sorted(allowed)))
+                .values(status=to, updated_at=now, **(values or {}))
+            ).rowcount
+            if moved != 1:
+                return False
+            conn.execute(history.insert().values(message_id=message_id, status=to, at=at or now))
+            extra = [dict(e) for e in add_errors]
+            if extra:
+                self._append_errors(conn, message_id, extra)
+        return True
+
+    def add_errors(self, message_id: str, errors: Iterable[Mapping[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            self._append_errors(conn, message_id, [dict(e) for e in errors])
+
+    @staticmethod
+    def _append_errors(conn: Connection, message_id: str, extra: list[dict[str, Any]]) -> None:
+        # Read-modify-write is safe here: the caller's UPDATE already holds the row lock.
+        current = conn.execute(sa.select(messages.c.errors).where(messages.c.id == message_id)).scalar()
+        conn.execute(messages.update().where(messages.c.id == message_id).values(errors=[*(current or []), *extra]))
+
+    def claim(self, message_id: str) -> dict[str, Any] | None:
+        """``queued`` -> ``sending``, counting the attempt. None when another worker (or nobody) may send."""
+        if not self.transition(message_id, statuses.SENDING, from_=[statuses.QUEUED],
+                               values={"attempts": messages.c.attempts + 1}):
+            return None
+        return self.row(message_id)
+
+    def stale(self, status: str, older_than: datetime, limit: int = 1000) -> list[str]:
+        """Ids of messages in ``status`` not updated since ``older_than``, oldest first."""
+        query = (
+            sa.select(messages.c.id)
+            .where(messages.c.status == status, messages.c.updated_at < older_than)
+            .order_by(messages.c.updated_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def touch(self, message_id: str, status: str) -> bool:
+        """Mark a message as seen without changing its status (so it is not picked as stale again)."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                messages.update()
+                .where(messages.c.id == message_id, messages.c.status == status)
+                .values(updated_at=utcnow())
+            ).rowcount == 1
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def record_event(self, event_id: str, event_type: str, telnyx_id: str | None,
+                     occurred_at: datetime | None, body: Mapping[str, Any]) -> bool:
+        """Keep a verified event; False when its id is already known (a redelivery)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(events.insert().values(
+                    event_id=event_id, event_type=event_type, telnyx_id=telnyx_id,
+                    occurred_at=occurred_at, body=dict(body), received_at=utcnow(),
+                ))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def event_applied(self, event_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(events.c.applied_at).where(events.c.event_id == event_id)
+            ).scalar() is not None
+
+    def pending_events(self, telnyx_id: str) -> Iterator[dict[str, Any]]:
+        """Events for ``telnyx_id`` not applied yet, oldest first."""
+        query = (
+            sa.select(events.c.event_id, events.c.body)
+            .where(events.c.telnyx_id == telnyx_id, events.c.applied_at.is_(None))
+            .order_by(events.c.occurred_at)
+        )
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        yield from rows
+
+    def mark_applied(self, event_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(events.update().where(events.c.event_id == event_id).values(applied_at=utcnow()))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
