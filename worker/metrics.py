@@ -7,8 +7,6 @@ every process writes its samples there and ``GET /metrics`` aggregates them.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY
@@ -22,10 +20,10 @@ WEBHOOKS = Counter("sendq_webhook_requests_total", "Webhook requests received, b
 EVENTS = Counter("sendq_events_total", "Telnyx events processed by apply_event, by outcome.", ["outcome"])
 
 
-def exposition() -> bytes:
-    """The text exposition of every process's metrics (aggregated in multiprocess mode)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def exposition(multiprocess_dir: str | None = None) -> bytes:
+    """The text exposition of this process's metrics, or of every process's when ``multiprocess_dir`` is set."""
+    if multiprocess_dir:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry, path=multiprocess_dir)
         return generate_latest(registry)
     return generate_latest(REGISTRY)

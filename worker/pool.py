@@ -31,9 +31,14 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_MS = 30_000
 
 
-def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int = 8) -> dramatiq.Worker:
-    """Start consuming ``queues`` for ``actors`` (built with services) in this process."""
-    worker = dramatiq.Worker(actors.broker, queues=set(queues), worker_threads=threads)
+def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int = 8,
+                 idle_poll_ms: int = 1000) -> dramatiq.Worker:
+    """Start consuming ``queues`` for ``actors`` (built with services) in this process.
+
+    ``idle_poll_ms`` is how often an idle consumer looks at Redis again; it also bounds how long
+    :meth:`dramatiq.Worker.stop` waits for consumers to notice.
+    """
+    worker = dramatiq.Worker(actors.broker, queues=set(queues), worker_threads=threads, worker_timeout=idle_poll_ms)
     worker.start()
     return worker
 

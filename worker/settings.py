@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     scheduler_interval_s: float = 1.0
 
     log_level: str = "INFO"
+    #: prometheus_client's own switch: every process writes samples here and /metrics aggregates them.
+    #: It must be in the environment before prometheus_client is imported, so it is read, not set, here.
+    prometheus_multiproc_dir: str | None = Field(default=None, validation_alias=_env("PROMETHEUS_MULTIPROC_DIR"))
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -158,7 +158,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         return JSONResponse(found, status_code=200 if healthy else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
-        body = await run_in_threadpool(metrics.exposition)
+        body = await run_in_threadpool(metrics.exposition, settings.prometheus_multiproc_dir)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(

@@ -1,0 +1,43 @@
+"""Segment counting at its edges (3GPP TS 23.038/23.040, as Telnyx bills)."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker import sms
+
+CASES = [
+    ("", "GSM-7", 1),
+    ("a" * 160, "GSM-7", 1),
+    ("a" * 161, "GSM-7", 2),
+    ("a" * 306, "GSM-7", 2),
+    ("a" * 307, "GSM-7", 3),
+    ("€" * 80, "GSM-7", 1),  # 160 septets: extension characters count 2
+    ("€" * 81, "GSM-7", 2),
+    ("a" * 152 + "€" + "a" * 152, "GSM-7", 3),  # 306 septets, but the escape pair is never split
+    ("a" * 159 + "€", "GSM-7", 2),  # 161 septets
+    ("a" * 158 + "€", "GSM-7", 1),  # 160 septets
+    ("a" * 1530, "GSM-7", 10),
+    ("a" * 1531, "GSM-7", 11),
+    ("é" * 160, "GSM-7", 1),  # é is in the GSM-7 basic set
+    ("ê" * 70, "UCS-2", 1),
+    ("ê" * 71, "UCS-2", 2),
+    ("😀" * 35, "UCS-2", 1),  # 70 UTF-16 units
+    ("😀" * 36, "UCS-2", 2),
+    ("ê" * 66 + "😀" + "ê" * 66, "UCS-2", 3),  # 134 units, but the surrogate pair is never split
+    ("ê" * 670, "UCS-2", 10),
+]
+
+
+@pytest.mark.parametrize(("text", "encoding", "parts"), CASES)
+def test_segments(text, encoding, parts):
+    counted = sms.segments(text)
+    assert (counted.encoding, counted.parts) == (encoding, parts)
+
+
+@pytest.mark.parametrize(("sender", "kind"), [
+    ("+13125550001", "long_code"), ("24680", "short_code"), ("123456", "short_code"), ("MyShop", "alphanumeric"),
+    ("My Shop 2", "alphanumeric"), ("12345678901", None), ("TwelveChars1", None), ("+1-312", None), ("", None),
+])
+def test_sender_formats(sender, kind):
+    assert sms.sender_kind(sender) == kind
