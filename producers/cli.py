@@ -135,7 +135,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
     config = SimulatorConfig(
         webhook_url=args.webhook_url or None, webhook_failover_url=args.failover_url, api_key=args.api_key,
-        key_seed=args.key_seed, outcome=args.outcome, sent_delay_s=args.sent_delay, final_delay_s=args.final_delay,
+        key_seed=args.key_seed, outcomes={args.outcome: 1.0}, sent_delay_s=args.sent_delay,
+        final_delay_s=args.final_delay,
     )
     simulator = Simulator(config)
     print(f"Telnyx simulator on http://{args.host}:{args.port}/v2  "

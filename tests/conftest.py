@@ -101,7 +101,7 @@ def store(base_settings: Settings) -> Iterator[Store]:
 def simulator() -> Iterator[Simulator]:
     sim = Simulator(SimulatorConfig(sent_delay_s=0.02, final_delay_s=0.02, webhook_retry_base_s=0.05))
     with ServerThread(create_simulator_app(sim)) as server:
-        sim.url = server.url  # type: ignore[attr-defined]
+        sim.url = server.url
         yield sim
 
 
@@ -138,7 +138,7 @@ class Stack:
 def stack(base_settings: Settings, simulator: Simulator) -> Iterator[Stack]:
     web_port = free_port()
     settings = base_settings.model_copy(update={
-        "telnyx_base_url": f"{simulator.url}/v2",  # type: ignore[attr-defined]
+        "telnyx_base_url": f"{simulator.url}/v2",
         "telnyx_public_key": simulator.public_key,
         "webhook_url": f"http://127.0.0.1:{web_port}/webhooks/telnyx",
     })

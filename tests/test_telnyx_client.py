@@ -42,7 +42,7 @@ def error(status: int, code: str, **headers: str) -> httpx.Response:
 def test_a_send_carries_bearer_auth_and_the_idempotency_key():
     telnyx = Telnyx(ok())
 
-    assert client(telnyx).send("/messages", BODY, idempotency_key="our-id")["id"] == "m-1"
+    assert client(telnyx).messages.send("/messages", BODY, idempotency_key="our-id")["id"] == "m-1"
     request = telnyx.requests[0]
     assert request.headers["authorization"] == "Bearer KEY"
     assert request.headers["idempotency-key"] == "our-id"
@@ -56,7 +56,7 @@ def test_a_send_carries_bearer_auth_and_the_idempotency_key():
 def test_transient_failures_are_retried_in_call_with_the_same_key(failure):
     telnyx = Telnyx(failure, ok())
 
-    assert client(telnyx).send("/messages", BODY, idempotency_key="our-id")["id"] == "m-1"
+    assert client(telnyx).messages.send("/messages", BODY, idempotency_key="our-id")["id"] == "m-1"
     assert [r.headers["idempotency-key"] for r in telnyx.requests] == ["our-id", "our-id"]
 
 
@@ -64,7 +64,7 @@ def test_retries_are_bounded_then_unavailable_escapes():
     telnyx = Telnyx(*[error(502, "10007")] * 3)
 
     with pytest.raises(TelnyxUnavailable) as raised:
-        client(telnyx, attempts=3).send("/messages", BODY, idempotency_key="k")
+        client(telnyx, attempts=3).messages.send("/messages", BODY, idempotency_key="k")
     assert len(telnyx.requests) == 3
     assert raised.value.status == 502
 
@@ -74,7 +74,7 @@ def test_retries_are_bounded_then_unavailable_escapes():
 ])
 def test_a_failure_after_the_request_went_out_is_ambiguous(failure, ambiguous):
     with pytest.raises(TelnyxUnavailable) as raised:
-        client(Telnyx(failure), attempts=1).send("/messages", BODY, idempotency_key="k")
+        client(Telnyx(failure), attempts=1).messages.send("/messages", BODY, idempotency_key="k")
     assert raised.value.ambiguous is ambiguous
 
 
@@ -83,7 +83,7 @@ def test_a_refusal_is_not_retried_and_keeps_telnyx_codes(status, code):
     telnyx = Telnyx(error(status, code))
 
     with pytest.raises(TelnyxRefused) as raised:
-        client(telnyx).send("/messages", BODY, idempotency_key="k")
+        client(telnyx).messages.send("/messages", BODY, idempotency_key="k")
     assert len(telnyx.requests) == 1
     assert raised.value.codes == [code]
 
@@ -92,7 +92,7 @@ def test_a_long_rate_limit_wait_is_left_to_the_job_queue():
     telnyx = Telnyx(error(429, "40318", **{"retry-after": "30"}))
 
     with pytest.raises(TelnyxUnavailable) as raised:
-        client(telnyx).send("/messages", BODY, idempotency_key="k")
+        client(telnyx).messages.send("/messages", BODY, idempotency_key="k")
     assert len(telnyx.requests) == 1
     assert raised.value.retry_after_s == 30
 
@@ -102,19 +102,19 @@ def test_a_single_error_object_and_a_bare_status_are_parsed():
     bare = Telnyx(httpx.Response(403, text="<html>forbidden</html>"))
 
     with pytest.raises(TelnyxRefused) as one:
-        client(single).retrieve_message("x")
+        client(single).messages.retrieve("x")
     with pytest.raises(TelnyxRefused) as two:
-        client(bare).retrieve_message("x")
+        client(bare).messages.retrieve("x")
     assert one.value.codes == ["10005"]
     assert two.value.codes == ["403"]
 
 
 def test_the_client_speaks_to_the_simulator(simulator):
     real = TelnyxClient.build(api_key="KEY", base_url=f"{simulator.url}/v2")
-    sent = real.send("/messages", BODY, idempotency_key="sim-1")
-    again = real.send("/messages", BODY, idempotency_key="sim-1")
+    sent = real.messages.send("/messages", BODY, idempotency_key="sim-1")
+    again = real.messages.send("/messages", BODY, idempotency_key="sim-1")
 
     assert again["id"] == sent["id"]
-    assert real.retrieve_message(sent["id"])["id"] == sent["id"]
+    assert real.messages.retrieve(sent["id"])["id"] == sent["id"]
     assert len(simulator.state.messages) == 1
     real.close()

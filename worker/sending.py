@@ -32,7 +32,7 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     if row is None:
         return SKIPPED
     try:
-        data = services.telnyx.send(row["endpoint"], row["body"], idempotency_key=row["id"])
+        data = services.telnyx.messages.send(row["endpoint"], row["body"], idempotency_key=row["id"])
         telnyx_id = str(data["id"])
     except TelnyxRefused as exc:
         status = statuses.SUPPRESSED if OPTED_OUT in exc.codes else statuses.REJECTED

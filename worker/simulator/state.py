@@ -22,7 +22,10 @@ class SimMessage:
     payload: dict[str, Any]
     request: dict[str, Any]
     idempotency_key: str | None
-    outcome: str
+    #: The final status of each recipient, in ``payload["to"]`` order.
+    outcomes: list[str]
+    send_at: datetime | None = None
+    cancelled: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -70,10 +73,11 @@ class SimState:
                 return "busy"
             return seen
 
-    def finish(self, key: str, status: int, body: dict[str, Any]) -> None:
+    def finish(self, key: str, body: dict[str, Any] | None) -> None:
+        """Record the answer to replay under ``key``; None (a refusal) forgets the key instead."""
         with self._lock:
-            if status < 300:
-                self.replays[key].response = (status, body)
+            if body is not None:
+                self.replays[key].response = (200, body)
             else:
                 # Only successful responses are replayed (Telnyx's documented behaviour).
                 self.replays.pop(key, None)
@@ -81,9 +85,8 @@ class SimState:
     def add(self, message: SimMessage, arrived_s: float) -> None:
         with self._lock:
             self.messages[message.id] = message
-            sender = message.payload.get("from", {}).get("phone_number") or message.payload.get(
-                "messaging_profile_id")
-            self.arrivals.append({"t": arrived_s, "from": sender, "id": message.id})
+            self.arrivals.append({"t": arrived_s, "from": message.payload["from"]["phone_number"],
+                                  "profile": message.payload.get("messaging_profile_id"), "id": message.id})
 
     def get(self, message_id: str) -> SimMessage | None:
         with self._lock:

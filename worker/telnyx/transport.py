@@ -1,17 +1,14 @@
-"""Telnyx Messaging API v2 client on httpx.
+"""The HTTP layer of the Telnyx client: auth, JSON, paging, in-call retries and error translation.
 
-The HTTP seam is injected (``http=httpx.Client(...)``), so tests point it at the simulator or give it a
-``MockTransport``. This is the one module that sees ``httpx`` exceptions and HTTP statuses; it translates
-them once into :mod:`worker.errors`. One call is retried in-process (tenacity, bounded and jittered) on
-429, 5xx and transport failures, always with the same ``Idempotency-Key``; anything longer is the job's
-business.
+This is the one module that sees ``httpx`` exceptions and HTTP statuses; it translates them once into
+:mod:`worker.errors`. One call is retried in-process (tenacity, bounded and jittered) on 429, 5xx and
+transport failures, always with the same ``Idempotency-Key``; anything longer is the job's business.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -27,15 +24,6 @@ MAX_IN_CALL_WAIT_S = 5.0
 
 #: Failures after which the request cannot have reached Telnyx, so a retry is certainly not a duplicate.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    total_s: float = 10.0
-    connect_s: float = 5.0
-
-    def to_httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(self.total_s, connect=self.connect_s)
 
 
 def parse_errors(response: httpx.Response) -> list[ApiError]:
@@ -95,8 +83,8 @@ def _retryable(error: BaseException) -> bool:
     return error.retry_after_s is None or error.retry_after_s <= MAX_IN_CALL_WAIT_S
 
 
-class TelnyxClient:
-    """Typed access to the Telnyx operations sendq uses.
+class Transport:
+    """Authenticated JSON calls to the Telnyx API, with bounded in-call retries.
 
     Parameters:
       http: the ``httpx.Client`` to send with (owned by the caller, who closes it).
@@ -111,28 +99,6 @@ class TelnyxClient:
         self.attempts = max(1, attempts)
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
 
-    @classmethod
-    def build(cls, *, api_key: str, base_url: str, attempts: int = 3, timeouts: Timeouts | None = None,
-              transport: httpx.BaseTransport | None = None) -> TelnyxClient:
-        http = httpx.Client(timeout=(timeouts or Timeouts()).to_httpx(), transport=transport,
-                            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
-        return cls(http, api_key=api_key, base_url=base_url, attempts=attempts)
-
-    def close(self) -> None:
-        self.http.close()
-
-    # -- operations -----------------------------------------------------------------------------------
-
-    def send(self, endpoint: str, body: Mapping[str, Any], *, idempotency_key: str) -> dict[str, Any]:
-        """POST a message to ``endpoint`` (e.g. ``/messages``); returns the ``data`` object."""
-        return self._data(self.request("POST", endpoint, json=body, idempotency_key=idempotency_key))
-
-    def retrieve_message(self, telnyx_id: str) -> dict[str, Any]:
-        """GET ``/messages/{id}`` (Telnyx keeps messages for 10 days)."""
-        return self._data(self.request("GET", f"/messages/{telnyx_id}"))
-
-    # -- transport ------------------------------------------------------------------------------------
-
     def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
                 idempotency_key: str | None = None) -> Any:
         """One API call with in-call retries; returns the decoded JSON body (None when empty)."""
@@ -146,6 +112,29 @@ class TelnyxClient:
             reraise=True,
         )
         return retrying(self._once, method, self.base_url + path, headers, json, params)
+
+    def data(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The ``data`` member of a call's answer (the whole body when it has none)."""
+        body = self.request(method, path, **kwargs)
+        if isinstance(body, dict) and "data" in body:
+            return body["data"]
+        if body is None or isinstance(body, dict):
+            return body
+        raise TelnyxError(f"unexpected Telnyx response: {body!r:.200}")
+
+    def paginate(self, path: str, params: Mapping[str, Any] | None = None, *,
+                 page_size: int = 250) -> Iterator[dict[str, Any]]:
+        """Every item of a paged list, fetched lazily one page at a time (``page[number]``, ``meta``)."""
+        query = {**(params or {}), "page[size]": page_size}
+        page = 1
+        while True:
+            body = self.request("GET", path, params={**query, "page[number]": page}) or {}
+            yield from body.get("data") or []
+            meta = body.get("meta") or {}
+            total = meta.get("total_pages")
+            if not body.get("data") or total is None or page >= int(total):
+                return
+            page += 1
 
     def _once(self, method: str, url: str, headers: dict[str, str], json: Any,
               params: Mapping[str, Any] | None) -> Any:
@@ -165,11 +154,3 @@ class TelnyxClient:
         except ValueError as exc:
             raise TelnyxUnavailable(f"Telnyx sent a body that is not JSON ({response.status_code})",
                                     status=response.status_code, ambiguous=True) from exc
-
-    @staticmethod
-    def _data(body: Any) -> dict[str, Any]:
-        if isinstance(body, dict) and isinstance(body.get("data"), dict):
-            return body["data"]
-        if isinstance(body, dict):
-            return body
-        raise TelnyxError(f"unexpected Telnyx response: {body!r:.200}")

@@ -1,0 +1,44 @@
+"""The control API under ``/_sim``: what tests read (the truth) and what they change (reset)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from worker.simulator.app import Simulator
+
+
+def routes(sim: Simulator) -> list[Route]:
+    async def public_key(request: Request) -> Response:
+        return JSONResponse({"public_key": sim.public_key})
+
+    async def messages(request: Request) -> Response:
+        return JSONResponse({"data": [
+            {"id": m.id, "statuses": [r["status"] for r in m.payload["to"]], "outcomes": m.outcomes,
+             "idempotency_key": m.idempotency_key, "request": m.request,
+             "events": [e["data"]["event_type"] for e in m.events]}
+            for m in list(sim.state.messages.values())
+        ]})
+
+    async def arrivals(request: Request) -> Response:
+        sender = request.query_params.get("from")
+        return JSONResponse({"data": [a for a in list(sim.state.arrivals) if sender in (None, a["from"])]})
+
+    async def webhooks(request: Request) -> Response:
+        return JSONResponse({"data": list(sim.webhooks.attempts) if sim.webhooks else []})
+
+    async def reset(request: Request) -> Response:
+        sim.reset()
+        return Response(status_code=204)
+
+    return [
+        Route("/_sim/public_key", public_key, methods=["GET"]),
+        Route("/_sim/messages", messages, methods=["GET"]),
+        Route("/_sim/arrivals", arrivals, methods=["GET"]),
+        Route("/_sim/webhooks", webhooks, methods=["GET"]),
+        Route("/_sim/reset", reset, methods=["POST"]),
+    ]

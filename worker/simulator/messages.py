@@ -1,0 +1,352 @@
+"""The simulator's message endpoints: every send, scheduling, retrieval, cancellation, group MMS.
+
+Each send is checked the way Telnyx checks it (the same SMS rules as the producer, in :mod:`worker.sms`),
+refused with Telnyx's status and code, or accepted and given a lifecycle: ``message.sent`` then one
+``message.finalized`` per recipient, signed, at the configured delays and outcome mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from worker import sms
+from worker.simulator.http import Refusal, json_object, require_auth
+from worker.simulator.state import Replay, SimMessage, new_message_id, now_iso
+
+if TYPE_CHECKING:
+    from worker.simulator.app import Simulator
+
+ORGANIZATION_ID = "9d76d591-1b7d-405d-8c64-1320ee070245"
+COST_PER_PART = 0.004
+MAX_GROUP_RECIPIENTS = 8
+MAX_MEDIA = 10
+SCHEDULE_MIN = timedelta(minutes=5)
+SCHEDULE_MAX = timedelta(days=5)
+CANCEL_CUTOFF = timedelta(minutes=1)
+#: Delivery errors the simulator reports, by final status (real Telnyx codes).
+OUTCOME_ERRORS = {
+    "delivery_failed": {"code": "40008", "title": "Undeliverable",
+                        "detail": "The recipient carrier did not accept the message."},
+    "sending_failed": {"code": "40006", "title": "Recipient server unavailable",
+                       "detail": "The recipient server is unavailable."},
+    "expired": {"code": "40014", "title": "Message expired in queue",
+                "detail": "The message expired while in queue. You were not billed for it."},
+    "delivery_unconfirmed": None,
+    "delivered": None,
+}
+WHATSAPP_TYPES = {"audio", "document", "image", "sticker", "video", "interactive", "location", "template",
+                  "reaction", "contacts", "text"}
+
+
+def _missing(field: str) -> Refusal:
+    return Refusal(400, "10004", "Missing required parameter", f"The '{field}' parameter is required.", f"/{field}")
+
+
+def _bad_from(detail: str = "The 'from' address should be a valid phone number, short code or alphanumeric "
+                            "sender ID associated with the sending messaging profile.") -> Refusal:
+    return Refusal(400, "40305", "Invalid 'from' address", detail, "/from")
+
+
+def _check_to(to: Any) -> str:
+    if to in (None, ""):
+        raise _missing("to")
+    if not isinstance(to, str) or not (sms.is_e164(to) or sms.SHORT_CODE.match(to)):
+        raise Refusal(400, "40310", "Invalid 'to' address", "The 'to' address should be a single valid number.",
+                      "/to")
+    return to
+
+
+def _check_content(body: dict[str, Any], *, mms_allowed: bool = True) -> tuple[str, list[str], bool]:
+    text = body.get("text") or ""
+    media = body.get("media_urls") or []
+    if not isinstance(media, list) or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                                              for u in media):
+        raise Refusal(400, "10003", "Invalid URL", "media_urls must be a list of http(s) URLs.", "/media_urls")
+    if not text and not media:
+        raise Refusal(400, "40316", "No content provided", "Provide 'text' and/or 'media_urls'.")
+    if len(media) > MAX_MEDIA:
+        raise Refusal(400, "40317", "Invalid MMS content",
+                      "MMS can contain up to 10 items and the total size must be less than 1 MB.", "/media_urls")
+    mms = bool(media) or body.get("type") == "MMS"
+    if mms and not mms_allowed:
+        raise Refusal(400, "40304", "Invalid combination of content arguments", "This sender can send SMS only.")
+    if not mms:
+        parts = sms.segments(text).parts
+        if parts > sms.MAX_PARTS:
+            raise Refusal(400, "40302", "Message too large",
+                          f"The message was divided into {parts} parts. The maximum is {sms.MAX_PARTS}.")
+    return text, media, mms
+
+
+def _check_sender(sender: Any, *kinds: str) -> str:
+    if not sender:
+        raise _missing("from")
+    if not isinstance(sender, str) or sms.sender_kind(sender) not in kinds:
+        raise _bad_from()
+    return sender
+
+
+def _check_profile(body: dict[str, Any]) -> str:
+    profile = body.get("messaging_profile_id")
+    if not profile:
+        raise _missing("messaging_profile_id")
+    return str(profile)
+
+
+def _check_send_at(value: Any, *, required: bool) -> datetime | None:
+    if value in (None, ""):
+        if required:
+            raise _missing("send_at")
+        return None
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise Refusal(400, "10015", "Bad Request", "send_at must be an ISO-8601 date-time.", "/send_at") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ahead = when - datetime.now(UTC)
+    if not SCHEDULE_MIN <= ahead <= SCHEDULE_MAX:
+        raise Refusal(400, "10015", "Invalid send_at",
+                      "send_at must be at least 5 minutes and at most 5 days in the future.", "/send_at")
+    return when
+
+
+class MessageEndpoints:
+    """Handlers for ``/v2/messages*``, bound to one simulator."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    # -- what each endpoint requires ------------------------------------------------------------------
+
+    def _general(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("from"):
+            kind = sms.sender_kind(str(body["from"]))
+            if kind is None:
+                raise _bad_from()
+            return self._by_kind[kind](body)
+        if body.get("messaging_profile_id"):
+            return self._number_pool(body)
+        raise _missing("from")
+
+    def _long_code(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._build(body, _check_sender(body.get("from"), "long_code"), _check_to(body.get("to")))
+
+    def _short_code(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._build(body, _check_sender(body.get("from"), "short_code"), _check_to(body.get("to")))
+
+    def _number_pool(self, body: dict[str, Any]) -> dict[str, Any]:
+        _check_profile(body)
+        to = _check_to(body.get("to"))
+        pool = self.sim.config.pool_numbers
+        return self._build(body, pool[hash(to) % len(pool)], to)
+
+    def _alphanumeric(self, body: dict[str, Any]) -> dict[str, Any]:
+        sender = body.get("from")
+        if not sender:
+            raise _missing("from")
+        if not isinstance(sender, str) or not sms.ALPHANUMERIC.match(sender):
+            raise Refusal(400, "40325", "Invalid alphanumeric sender ID",
+                          "Alphanumeric sender IDs are 1-11 letters, digits or spaces, with at least one letter.",
+                          "/from")
+        _check_profile(body)
+        if not body.get("text"):
+            raise _missing("text")
+        return self._build(body, sender, _check_to(body.get("to")), mms_allowed=False)
+
+    def _group_mms(self, body: dict[str, Any]) -> dict[str, Any]:
+        sender = _check_sender(body.get("from"), "long_code")
+        recipients = body.get("to")
+        if not recipients:
+            raise _missing("to")
+        if not isinstance(recipients, list) or not 1 <= len(recipients) <= MAX_GROUP_RECIPIENTS:
+            raise Refusal(400, "40310", "Invalid 'to' address",
+                          f"'to' must be a list of 1 to {MAX_GROUP_RECIPIENTS} numbers.", "/to")
+        return self._build({**body, "type": "MMS"}, sender, *[_check_to(r) for r in recipients])
+
+    def _whatsapp(self, body: dict[str, Any]) -> dict[str, Any]:
+        sender = _check_sender(body.get("from"), "long_code")
+        to = _check_to(body.get("to"))
+        content = body.get("whatsapp_message")
+        if not isinstance(content, dict) or content.get("type") not in WHATSAPP_TYPES:
+            raise _missing("whatsapp_message")
+        text = (content.get("text") or {}).get("body") if content["type"] == "text" else None
+        payload = self._build({**body, "text": text or content["type"], "media_urls": []}, sender, to)
+        payload.update({"type": "WHATSAPP", "encoding": "UTF-8", "body": content, "parts": 1})
+        return payload
+
+    @property
+    def _by_kind(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {"long_code": self._long_code, "short_code": self._short_code, "alphanumeric": self._alphanumeric}
+
+    # -- building and lifecycle -----------------------------------------------------------------------
+
+    def _build(self, body: dict[str, Any], sender: str, *recipients: str, mms_allowed: bool = True) -> dict[str, Any]:
+        text, media, mms = _check_content(body, mms_allowed=mms_allowed)
+        profile = body.get("messaging_profile_id") or self.sim.config.profile_id
+        for to in recipients:
+            if self.sim.optouts.blocks(sender, to, profile):
+                raise Refusal(409, "40300", "Blocked due to STOP message",
+                              f"Messages cannot be sent from '{sender}' to '{to}' due to an existing block rule.")
+        counted = sms.segments(text)
+        parts = 1 if mms else counted.parts
+        now = datetime.now(UTC)
+        cost = f"{COST_PER_PART * parts * len(recipients):.4f}"
+        return {
+            "record_type": "message", "direction": "outbound", "id": new_message_id(),
+            "type": "MMS" if mms else "SMS", "messaging_profile_id": profile, "organization_id": ORGANIZATION_ID,
+            "from": {"phone_number": sender, "carrier": "Telnyx", "line_type": "Wireless"},
+            "to": [{"phone_number": to, "status": "queued", "carrier": "T-MOBILE USA, INC.", "line_type": "Wireless"}
+                   for to in recipients],
+            "cc": [], "text": text, "subject": body.get("subject"),
+            "media": [{"url": url, "content_type": None, "sha256": None, "size": None} for url in media],
+            "encoding": "UTF-8" if mms else counted.encoding, "parts": parts, "num_chars": len(text),
+            "smart_encoding_applied": False,
+            "cost": {"amount": cost, "currency": "USD"},
+            "cost_breakdown": {"rate": {"amount": cost, "currency": "USD"},
+                               "carrier_fee": {"amount": "0.0000", "currency": "USD"}},
+            "received_at": now.isoformat(timespec="milliseconds"), "sent_at": None, "completed_at": None,
+            "valid_until": (now + timedelta(hours=4)).isoformat(timespec="milliseconds"),
+            "wait_seconds": 0.0, "errors": [], "tags": [],
+            "tcr_campaign_id": None, "tcr_campaign_billable": False, "tcr_campaign_registered": None,
+            "webhook_url": body.get("webhook_url") or self.sim.config.webhook_url,
+            "webhook_failover_url": body.get("webhook_failover_url") or self.sim.config.webhook_failover_url,
+        }
+
+    def accept(self, body: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]],
+               idempotency_key: str | None, send_at: datetime | None) -> dict[str, Any]:
+        payload = build(body)
+        message = SimMessage(payload=payload, request=body, idempotency_key=idempotency_key,
+                             outcomes=[self.sim.pick_outcome() for _ in payload["to"]], send_at=send_at)
+        if send_at is not None:
+            payload["send_at"] = send_at.isoformat()
+            for recipient in payload["to"]:
+                recipient["status"] = "scheduled"
+        self.sim.state.add(message, self.sim.elapsed())
+        self.sim.spawn(self._lifecycle(message))
+        return payload
+
+    async def _lifecycle(self, message: SimMessage) -> None:
+        if message.send_at is not None:
+            await asyncio.sleep(max(0.0, (message.send_at - datetime.now(UTC)).total_seconds()))
+            if message.cancelled:
+                return
+        payload = message.payload
+        await asyncio.sleep(self.sim.config.sent_delay_s)
+        payload["sent_at"] = now_iso()
+        for recipient in payload["to"]:
+            recipient["status"] = "sent"
+        await self.sim.emit(message, "message.sent", payload)
+        await asyncio.sleep(self.sim.config.final_delay_s)
+        payload["completed_at"] = now_iso()
+        payload["valid_until"] = None
+        for recipient, outcome in zip(payload["to"], message.outcomes, strict=True):
+            recipient["status"] = outcome
+        for recipient, outcome in zip(payload["to"], message.outcomes, strict=True):
+            # One message.finalized per recipient, as Telnyx does for group MMS.
+            snapshot = {**copy.deepcopy(payload), "to": [copy.deepcopy(recipient)],
+                        "errors": [e for e in [OUTCOME_ERRORS.get(outcome)] if e]}
+            await self.sim.emit(message, "message.finalized", snapshot)
+
+    # -- HTTP -----------------------------------------------------------------------------------------
+
+    def sender(self, build: Callable[[dict[str, Any]], dict[str, Any]], *, schedule: bool = False
+               ) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                require_auth(request, self.sim.config.api_key)
+                body = await json_object(request)
+                send_at = _check_send_at(body.get("send_at"), required=schedule)
+                return await self._answer(request, body, build, send_at)
+            except Refusal as refusal:
+                return refusal.response()
+        return endpoint
+
+    async def _answer(self, request: Request, body: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]],
+                      send_at: datetime | None) -> Response:
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return JSONResponse({"data": self.accept(body, build, None, send_at)})
+        seen = self.sim.state.begin(key, body)
+        if isinstance(seen, Replay):
+            status, content = seen.response  # type: ignore[misc]
+            return JSONResponse(content, status_code=status, headers={"Idempotent-Replayed": "true"})
+        if seen == "busy":
+            raise Refusal(409, "10036", "Request already being processed",
+                          "A request with this Idempotency-Key is already being processed.")
+        if seen == "mismatch":
+            raise Refusal(422, "10037", "Idempotency-Key reused",
+                          "This Idempotency-Key was already used with a different request body.")
+        try:
+            content = {"data": self.accept(body, build, key, send_at)}
+        except Refusal:
+            self.sim.state.finish(key, None)
+            raise
+        self.sim.state.finish(key, content)
+        return JSONResponse(content)
+
+    async def retrieve(self, request: Request) -> Response:
+        try:
+            require_auth(request, self.sim.config.api_key)
+            return JSONResponse({"data": self._find(request.path_params["id"]).payload})
+        except Refusal as refusal:
+            return refusal.response()
+
+    async def cancel(self, request: Request) -> Response:
+        try:
+            require_auth(request, self.sim.config.api_key)
+            message = self._find(request.path_params["id"])
+        except Refusal as refusal:
+            return refusal.response() if refusal.status != 404 else _single(refusal)
+        if message.send_at is None or message.cancelled or \
+                message.send_at - datetime.now(UTC) <= CANCEL_CUTOFF:
+            return _single(Refusal(403, "10010", "Message cannot be cancelled",
+                                   "Only scheduled messages more than a minute before send_at can be cancelled."))
+        message.cancelled = True
+        for recipient in message.payload["to"]:
+            recipient["status"] = "cancelled"
+        # The spec answers with the message itself, not wrapped in "data".
+        return JSONResponse(message.payload)
+
+    async def group(self, request: Request) -> Response:
+        try:
+            require_auth(request, self.sim.config.api_key)
+            message = self._find(request.path_params["message_id"])
+        except Refusal as refusal:
+            return refusal.response()
+        return JSONResponse({"data": [{**message.payload, "to": [recipient]} for recipient in message.payload["to"]]})
+
+    def _find(self, message_id: str) -> SimMessage:
+        message = self.sim.state.get(message_id)
+        if message is None:
+            raise Refusal(404, "10005", "Resource not found", "The requested message does not exist.")
+        return message
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v2/messages", self.sender(self._general), methods=["POST"]),
+            Route("/v2/messages/long_code", self.sender(self._long_code), methods=["POST"]),
+            Route("/v2/messages/short_code", self.sender(self._short_code), methods=["POST"]),
+            Route("/v2/messages/number_pool", self.sender(self._number_pool), methods=["POST"]),
+            Route("/v2/messages/alphanumeric_sender_id", self.sender(self._alphanumeric), methods=["POST"]),
+            Route("/v2/messages/group_mms", self.sender(self._group_mms), methods=["POST"]),
+            Route("/v2/messages/whatsapp", self.sender(self._whatsapp), methods=["POST"]),
+            Route("/v2/messages/schedule", self.sender(self._general, schedule=True), methods=["POST"]),
+            Route("/v2/messages/group/{message_id}", self.group, methods=["GET"]),
+            Route("/v2/messages/{id}", self.retrieve, methods=["GET"]),
+            Route("/v2/messages/{id}", self.cancel, methods=["DELETE"]),
+        ]
+
+
+def _single(refusal: Refusal) -> JSONResponse:
+    """DELETE's 403 and 404 carry one error object, not the ``errors`` array."""
+    return JSONResponse({"code": refusal.code, "title": refusal.title, "detail": refusal.detail},
+                        status_code=refusal.status)
