@@ -40,7 +40,7 @@ CASES = {
     "tampered body": lambda now: (BODY + b" ", SIGNER.headers(BODY, now)),
     "wrong key": lambda now: (BODY, OTHER.headers(BODY, now)),
     "stale by 301 s": lambda now: (BODY, SIGNER.headers(BODY, now - 301)),
-    "ahead by 301 s": lambda now: (BODY, SIGNER.headers(BODY, now + 301)),
+    "ahead by 310 s": lambda now: (BODY, SIGNER.headers(BODY, now + 310)),
     "290 s old": lambda now: (BODY, SIGNER.headers(BODY, now - 290)),
     "timestamp swapped": lambda now: (BODY, {**SIGNER.headers(BODY, now - 10),
                                              "telnyx-timestamp": str(now)}),
