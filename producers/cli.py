@@ -40,8 +40,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     from producers import Producer
 
     with Producer.connect(_settings()) as producer:
+        recipients = args.to.split(",") if "," in args.to else args.to
         result = producer.submit(
-            args.to, text=args.text, media_urls=args.media or (), from_=args.from_, profile=args.profile,
+            recipients, text=args.text, media_urls=args.media or (), from_=args.from_, profile=args.profile,
             kind=args.kind, priority=args.priority, idempotency_key=args.idempotency_key,
         )
     _emit(args, {"id": result["id"], "status": result["status"]}, f"{result['id']} {result['status']}")
@@ -132,11 +133,27 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     import uvicorn
 
     from worker.simulator import Simulator, SimulatorConfig, create_app
+    from worker.simulator.faults import FaultConfig
+    from worker.simulator.throughput import TELNYX_ACCOUNT_MPS, TELNYX_MPS, ThroughputConfig
 
+    telnyx: dict[str, Any] = {"mps": TELNYX_MPS, **TELNYX_ACCOUNT_MPS} if args.telnyx_rates else {"mps": {}}
+    try:
+        faults = FaultConfig(
+            fail_5xx=args.fail_5xx, fail_429=args.fail_429, fail_reset=args.fail_reset, fail_timeout=args.fail_timeout,
+            latency_ms=args.latency_ms, latency_jitter_ms=args.latency_jitter_ms, latency_sigma=args.latency_sigma,
+            hang_s=args.hang,
+        )
+        throughput = ThroughputConfig(
+            mps={**telnyx["mps"], **dict(args.mps or [])}, sender_mps=dict(args.sender_mps or []),
+            account_sms_mps=args.account_sms_mps or telnyx.get("sms"),
+            account_mms_mps=args.account_mms_mps or telnyx.get("mms"), queue_horizon_s=args.queue_horizon,
+        )
+    except ValueError as exc:
+        raise ValidationError("simulator", str(exc)) from exc
     config = SimulatorConfig(
         webhook_url=args.webhook_url or None, webhook_failover_url=args.failover_url, api_key=args.api_key,
         key_seed=args.key_seed, outcomes={args.outcome: 1.0}, sent_delay_s=args.sent_delay,
-        final_delay_s=args.final_delay,
+        final_delay_s=args.final_delay, seed=args.seed, faults=faults, throughput=throughput,
     )
     simulator = Simulator(config)
     print(f"Telnyx simulator on http://{args.host}:{args.port}/v2  "
@@ -161,6 +178,18 @@ def _positive(value: str) -> int:
     return number
 
 
+def _rate(value: str) -> tuple[str, float]:
+    """``NAME=MPS`` (``long_code=0.1``, ``+13125550100=5``) as a pair."""
+    name, _, rate = value.rpartition("=")
+    try:
+        mps = float(rate)
+    except ValueError:
+        mps = 0.0
+    if not name or not mps > 0:
+        raise argparse.ArgumentTypeError("expected NAME=MPS with a positive MPS")
+    return name, mps
+
+
 def build_parser() -> argparse.ArgumentParser:
     from producers.validation import KINDS, PRIORITIES
 
@@ -176,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     send = add("send", cmd_send, "accept one message", json_flag=True)
-    send.add_argument("--to", required=True, help="recipient, E.164")
+    send.add_argument("--to", required=True, help="recipient, E.164 (group_mms: up to 8, comma-separated)")
     send.add_argument("--from", dest="from_", help="sender: E.164 number, short code or alphanumeric ID")
     send.add_argument("--profile", help="messaging profile UUID (number pools, alphanumeric senders)")
     send.add_argument("--text", help="message text")
@@ -211,8 +240,37 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["delivered", "delivery_failed", "delivery_unconfirmed", "sending_failed", "expired"])
     sim.add_argument("--sent-delay", type=float, default=0.05, help="seconds from accept to message.sent")
     sim.add_argument("--final-delay", type=float, default=0.05, help="seconds from sent to message.finalized")
+    sim.add_argument("--seed", type=int, default=0, help="seed of every random choice (outcomes, faults)")
+    faults = sim.add_argument_group("fault injection on /v2 (per request also: x-sim-fault, x-sim-latency-ms)")
+    faults.add_argument("--fail-5xx", type=float, default=0.0, metavar="P", help="chance of a 500/502/503")
+    faults.add_argument("--fail-429", type=float, default=0.0, metavar="P", help="chance of a 429 (10011)")
+    faults.add_argument("--fail-reset", type=float, default=0.0, metavar="P",
+                        help="chance of accepting, then dropping the connection mid-body")
+    faults.add_argument("--fail-timeout", type=float, default=0.0, metavar="P",
+                        help="chance of accepting, then holding the answer for --hang seconds")
+    faults.add_argument("--hang", type=float, default=30.0, metavar="S", help="how long a timeout holds its answer")
+    faults.add_argument("--latency-ms", type=float, default=0.0, metavar="N", help="latency added to every request")
+    faults.add_argument("--latency-jitter-ms", type=float, default=0.0, metavar="N", help="plus uniform 0..N ms")
+    faults.add_argument("--latency-sigma", type=float, default=0.0, metavar="S",
+                        help="make --latency-ms the median of a lognormal with this sigma")
+    rates = sim.add_argument_group("throughput (messages over a rate are queued, as Telnyx does; default unlimited)")
+    rates.add_argument("--telnyx-rates", action="store_true",
+                       help="start from Telnyx's default rates (long code 0.1, toll-free 20, short code 1000, "
+                            "alphanumeric 0.1; account SMS 50, MMS 15 MPS)")
+    rates.add_argument("--mps", type=_rate, action="append", metavar="TYPE=N",
+                       help="rate of a sender type: long_code, toll_free, short_code, alphanumeric (repeatable)")
+    rates.add_argument("--sender-mps", type=_rate, action="append", metavar="SENDER=N",
+                       help="rate of one sender (repeatable; wins over its type)")
+    rates.add_argument("--account-sms-mps", type=float, metavar="N", help="account-wide SMS parts per second")
+    rates.add_argument("--account-mms-mps", type=float, metavar="N", help="account-wide MMS per second")
+    rates.add_argument("--queue-horizon", type=float, default=14_400.0, metavar="S",
+                       help="longest wait a queue holds before 429/40318 (Telnyx: 14400 s = MPS x 4 h messages)")
 
     add("demo", cmd_demo, "run everything on embedded defaults against the simulator and send a batch")
+
+    from producers import ops_cli
+
+    ops_cli.register(sub, add)
     return parser
 
 

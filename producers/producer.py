@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
@@ -50,7 +50,7 @@ class Producer:
 
     def submit(
         self,
-        to: str,
+        to: str | Sequence[str],
         *,
         text: str | None = None,
         media_urls: Sequence[str] = (),
@@ -59,6 +59,7 @@ class Producer:
         kind: str = "auto",
         priority: str = "normal",
         idempotency_key: str | None = None,
+        whatsapp_message: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Accept one message; returns ``{"id", "status", "created"}``.
 
@@ -66,7 +67,7 @@ class Producer:
         sends nothing new; reusing a key for a different message raises :class:`ValidationError`.
         """
         request = SendRequest(to=to, text=text, media_urls=media_urls, from_=from_, profile=profile, kind=kind,
-                              priority=priority, idempotency_key=idempotency_key)
+                              priority=priority, idempotency_key=idempotency_key, whatsapp_message=whatsapp_message)
         new = validate(request, webhook_url=self.settings.webhook_url)
         row, created = self.store.insert(new)
         if not created:
@@ -80,7 +81,7 @@ class Producer:
             log.exception("message %s stored but not enqueued; the scheduler will enqueue it", new.id)
         return {"id": new.id, "status": row["status"], "created": True}
 
-    def send(self, to: str, **options: Any) -> str:
+    def send(self, to: str | Sequence[str], **options: Any) -> str:
         """Accept one message and return its id (see :meth:`submit` for the options)."""
         return str(self.submit(to, **options)["id"])
 

@@ -1,33 +1,52 @@
 """Turning a caller's request into a message Telnyx will accept, or a ValidationError naming the field.
 
-The producer refuses what Telnyx would refuse, before anything is stored or enqueued.
+The producer refuses what Telnyx would refuse, before anything is stored or enqueued. Each kind maps to
+its own Telnyx endpoint and body:
+
+=============  ===================================  ================================================
+kind           endpoint                             sender
+=============  ===================================  ================================================
+long_code      /messages/long_code (/messages for   E.164 number (toll-free numbers use the general
+               toll-free numbers)                   endpoint)
+short_code     /messages/short_code                 5-6 digit short code
+alphanumeric   /messages/alphanumeric_sender_id     1-11 letters/digits/spaces with a letter, plus the
+                                                    messaging profile; SMS only
+number_pool    /messages/number_pool                none: the profile's pool picks one
+group_mms      /messages/group_mms                  E.164 number; 1-8 recipients
+whatsapp       /messages/whatsapp                   E.164 number (WhatsApp-enabled)
+=============  ===================================  ================================================
+
+``auto`` picks the kind from the sender's format (or ``number_pool`` for a profile and no sender).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from worker import sms
 from worker.errors import ValidationError
 from worker.store import NewMessage
+from worker.telnyx.messages import ENDPOINTS
 
 KINDS = ("auto", "long_code", "short_code", "alphanumeric", "number_pool", "group_mms", "whatsapp")
 PRIORITIES = ("urgent", "normal", "bulk")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 MAX_MEDIA = 10
-#: Kinds whose sender must have this format (by :func:`worker.sms.sender_kind`).
-SENDER_FORMAT = {"long_code": "long_code", "short_code": "short_code", "alphanumeric": "alphanumeric"}
+MAX_GROUP_RECIPIENTS = 8
+#: The sender format (:func:`worker.sms.sender_kind`) each kind needs.
+SENDER_FORMAT = {"long_code": "long_code", "short_code": "short_code", "alphanumeric": "alphanumeric",
+                 "group_mms": "long_code", "whatsapp": "long_code"}
 
 
 @dataclass(frozen=True)
 class SendRequest:
     """What a caller asks for, before validation. Field names are the ones errors report."""
 
-    to: str
+    to: str | Sequence[str]
     text: str | None = None
     media_urls: Sequence[str] = ()
     from_: str | None = None
@@ -35,6 +54,8 @@ class SendRequest:
     kind: str = "auto"
     priority: str = "normal"
     idempotency_key: str | None = None
+    #: A complete WhatsApp message object (templates, locations, ...), instead of text or media.
+    whatsapp_message: Mapping[str, Any] | None = None
 
 
 def _check_choice(field: str, value: str, choices: Sequence[str]) -> None:
@@ -42,10 +63,21 @@ def _check_choice(field: str, value: str, choices: Sequence[str]) -> None:
         raise ValidationError(field, f"must be one of {', '.join(choices)} (got {value!r})")
 
 
-def _check_to(to: Any) -> str:
+def _check_number(to: Any) -> str:
     if not isinstance(to, str) or not (sms.is_e164(to) or sms.SHORT_CODE.match(to)):
         raise ValidationError("to", f"must be an E.164 number like +13125550123 (got {to!r})")
     return to
+
+
+def _check_recipients(to: str | Sequence[str], kind: str) -> list[str]:
+    recipients = [to] if isinstance(to, str) else list(to)
+    if kind != "group_mms" and len(recipients) != 1:
+        raise ValidationError("to", "only group_mms sends go to several recipients")
+    if not 1 <= len(recipients) <= MAX_GROUP_RECIPIENTS:
+        raise ValidationError("to", f"a group MMS goes to 1 to {MAX_GROUP_RECIPIENTS} recipients")
+    if len(set(recipients)) != len(recipients):
+        raise ValidationError("to", "the same recipient is listed twice")
+    return [_check_number(r) for r in recipients]
 
 
 def _check_profile(profile: str | None) -> str | None:
@@ -68,12 +100,12 @@ def _check_media(urls: Sequence[str]) -> list[str]:
     return urls
 
 
-def _check_text(text: str | None, media: list[str]) -> str | None:
+def _check_text(text: str | None, media: list[str], *, whatsapp: bool) -> str | None:
     if text is not None and not text.strip():
         text = None
-    if text is None and not media:
+    if text is None and not media and not whatsapp:
         raise ValidationError("text", "a message needs text or media")
-    if text is not None and not media:
+    if text is not None and not media and not whatsapp:
         parts = sms.segments(text).parts
         if parts > sms.MAX_PARTS:
             raise ValidationError("text", f"splits into {parts} SMS parts; Telnyx allows {sms.MAX_PARTS}")
@@ -94,16 +126,57 @@ def _auto_kind(sender: str | None, profile: str | None) -> str:
 def resolve_kind(kind: str, sender: str | None, profile: str | None) -> str:
     """The concrete kind for ``auto``, and a check that the sender fits an explicit kind."""
     if kind == "auto":
-        return _auto_kind(sender, profile)
+        kind = _auto_kind(sender, profile)
     if kind in SENDER_FORMAT and (not sender or sms.sender_kind(sender) != SENDER_FORMAT[kind]):
-        raise ValidationError("from", f"{kind} sends need a valid {kind.replace('_', ' ')} sender (got {sender!r})")
+        wanted = SENDER_FORMAT[kind].replace("_", " ")
+        raise ValidationError("from", f"{kind} sends need a {wanted} sender (got {sender!r})")
     if kind == "number_pool" and sender:
         raise ValidationError("from", "number pool sends pick the sender; give --profile only")
-    if kind == "number_pool" and not profile:
-        raise ValidationError("profile", "number pool sends need a messaging profile")
-    if kind in ("group_mms", "whatsapp"):
-        raise ValidationError("kind", f"{kind} is not supported yet")
+    if kind in ("number_pool", "alphanumeric") and not profile:
+        raise ValidationError("profile", f"{kind} sends need a messaging profile")
     return kind
+
+
+def _whatsapp_message(request: SendRequest, text: str | None, media: list[str]) -> dict[str, Any]:
+    if request.whatsapp_message is not None:
+        if not isinstance(request.whatsapp_message.get("type"), str):
+            raise ValidationError("whatsapp_message", "needs a 'type' (text, image, template, ...)")
+        return dict(request.whatsapp_message)
+    if len(media) > 1:
+        raise ValidationError("media", "a WhatsApp message carries one media item")
+    if media:
+        return {"type": "image", "image": {"link": media[0], **({"caption": text} if text else {})}}
+    if text is None:
+        raise ValidationError("text", "a message needs text, media or a whatsapp_message")
+    return {"type": "text", "text": {"body": text, "preview_url": False}}
+
+
+def _endpoint(kind: str, sender: str | None) -> str:
+    if kind == "long_code" and sender and sms.is_toll_free(sender):
+        return ENDPOINTS["message"]
+    return ENDPOINTS[kind]
+
+
+def _body(kind: str, request: SendRequest, recipients: list[str], profile: str | None, text: str | None,
+          media: list[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"to": recipients if kind == "group_mms" else recipients[0]}
+    if request.from_:
+        body["from"] = request.from_
+    if kind == "whatsapp":
+        body["whatsapp_message"] = _whatsapp_message(request, text, media)
+        body["type"] = "WHATSAPP"
+        if profile:
+            body["messaging_profile_id"] = profile
+        return body
+    if profile and kind in ("number_pool", "alphanumeric"):
+        body["messaging_profile_id"] = profile
+    if text is not None:
+        body["text"] = text
+    if media:
+        body["media_urls"] = media
+        if kind != "group_mms":
+            body["type"] = "MMS"
+    return body
 
 
 def validate(request: SendRequest, *, webhook_url: str | None = None) -> NewMessage:
@@ -112,30 +185,17 @@ def validate(request: SendRequest, *, webhook_url: str | None = None) -> NewMess
     _check_choice("priority", request.priority, PRIORITIES)
     if request.idempotency_key is not None and not IDEMPOTENCY_KEY.match(request.idempotency_key):
         raise ValidationError("idempotency_key", "1-255 characters of letters, digits, '_' and '-'")
-    to = _check_to(request.to)
     profile = _check_profile(request.profile)
-    media = _check_media(request.media_urls)
-    text = _check_text(request.text, media)
     kind = resolve_kind(request.kind, request.from_, profile)
-    if kind == "alphanumeric":
-        if media:
-            raise ValidationError("media", "alphanumeric senders can send SMS only")
-        if not profile:
-            raise ValidationError("profile", "alphanumeric senders need their messaging profile")
-
-    body: dict[str, Any] = {"to": to}
-    if request.from_:
-        body["from"] = request.from_
-    if profile:
-        body["messaging_profile_id"] = profile
-    if text is not None:
-        body["text"] = text
-    if media:
-        body["media_urls"] = media
-        body["type"] = "MMS"
+    recipients = _check_recipients(request.to, kind)
+    media = _check_media(request.media_urls)
+    text = _check_text(request.text, media, whatsapp=kind == "whatsapp")
+    if kind == "alphanumeric" and media:
+        raise ValidationError("media", "alphanumeric senders can send SMS only")
+    body = _body(kind, request, recipients, profile, text, media)
     if webhook_url:
         body["webhook_url"] = webhook_url
     return NewMessage(
-        kind=kind, priority=request.priority, recipients=[to], endpoint="/messages", body=body,
-        sender=request.from_, messaging_profile_id=profile, idempotency_key=request.idempotency_key,
+        kind=kind, priority=request.priority, recipients=recipients, endpoint=_endpoint(kind, request.from_),
+        body=body, sender=request.from_, messaging_profile_id=profile, idempotency_key=request.idempotency_key,
     )

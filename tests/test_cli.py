@@ -39,7 +39,7 @@ def sendq(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Co
 def test_the_console_script_is_installed_and_every_command_has_help():
     script = shutil.which("sendq", path=str(Path(sys.executable).parent)) or shutil.which("sendq")
     assert script, "the sendq console script is not installed"
-    for command in ("send", "status", "worker", "web", "scheduler", "simulator", "demo"):
+    for command in ("send", "status", "worker", "web", "scheduler", "simulator", "demo", "numbers", "profile"):
         done = subprocess.run([script, command, "--help"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert "usage: sendq" in done.stdout
@@ -138,3 +138,33 @@ def test_three_processes_and_a_send_end_delivered_with_the_whole_history(process
 
     assert record["status"] == "delivered"
     assert [h["status"] for h in record["history"]] == ["queued", "sending", "submitted", "sent", "delivered"]
+
+
+def test_sendq_send_reaches_a_final_status_for_every_kind(processes):
+    profile = "4001767e-ce0f-4cae-9d5f-0d5e636e7809"
+    sends = {
+        "auto": ["--to", "+13125550002", "--from", "+13125550001", "--text", "hi"],
+        "long_code": ["--to", "+13125550002", "--from", "+13125550001", "--media", "https://example.com/a.png"],
+        "short_code": ["--to", "+13125550002", "--from", "24680", "--text", "hi"],
+        "alphanumeric": ["--to", "+447700900123", "--from", "MyShop", "--profile", profile, "--text", "hi"],
+        "number_pool": ["--to", "+13125550002", "--profile", profile, "--text", "hi"],
+        "group_mms": ["--to", "+13125550002,+13125550003", "--from", "+13125550001", "--text", "hi"],
+        "whatsapp": ["--to", "+13125550002", "--from", "+13125550001", "--text", "hi"],
+    }
+    ids = {}
+    for kind, args in sends.items():
+        done = sendq("send", *args, "--kind", kind, "--json", env=processes)
+        assert done.returncode == 0, (kind, done.stderr)
+        ids[kind] = json.loads(done.stdout)["id"]
+
+    deadline = time.monotonic() + 60
+    records = {}
+    while len(records) < len(ids) and time.monotonic() < deadline:
+        for kind, message_id in ids.items():
+            record = json.loads(sendq("status", message_id, "--json", env=processes).stdout)
+            if record["status"] == "delivered":
+                records[kind] = record
+        time.sleep(0.3)
+
+    assert sorted(records) == sorted(ids)
+    assert records["group_mms"]["recipient_statuses"] == {"+13125550002": "delivered", "+13125550003": "delivered"}

@@ -76,20 +76,46 @@ def apply_pending(store: Store, message_id: str, telnyx_id: str) -> int:
 def _apply_outbound(store: Store, message_id: str, data: Mapping[str, Any]) -> None:
     payload = data.get("payload") or {}
     occurred_at = parse_time(data.get("occurred_at"))
-    recipients = payload.get("to") or [{}]
-    telnyx_status = recipients[0].get("status")
+    entries = [e for e in payload.get("to") or [] if isinstance(e, Mapping)] or [{}]
     details = _details(payload)
-    if data.get("event_type") == SENT or telnyx_status == statuses.SENT:
+    if data.get("event_type") == SENT or entries[0].get("status") == statuses.SENT:
         store.transition(message_id, statuses.SENT, at=occurred_at, values=details)
         return
-    if telnyx_status not in statuses.TELNYX_FINAL:
+    errors = [_error(e) for e in payload.get("errors") or [] if isinstance(e, Mapping)]
+    final = _final_status(store, message_id, entries)
+    if final is None:
+        if errors:
+            store.add_errors(message_id, errors)  # a group recipient's failure, before the others are final
         return
     sent_at = parse_time(payload.get("sent_at"))
     if sent_at is not None:
         # A final event means the message was sent, whether or not message.sent has arrived yet.
         store.transition(message_id, statuses.SENT, at=sent_at, values=details)
-    store.transition(message_id, telnyx_status, at=occurred_at, values=details,
-                     add_errors=[_error(e) for e in payload.get("errors") or [] if isinstance(e, Mapping)])
+    store.transition(message_id, final, at=occurred_at, values=details, add_errors=errors)
+
+
+def _final_status(store: Store, message_id: str, entries: list[Mapping[str, Any]]) -> str | None:
+    """The message's final status from this event, or None while it is not final yet.
+
+    A single recipient's status is the message's. A group MMS gets one ``message.finalized`` per recipient:
+    each is recorded, and the message is final once every recipient is, with their common status, or
+    ``delivery_failed`` / ``delivery_unconfirmed`` when they differ (not everyone got it).
+    """
+    recipients = store.row(message_id)["recipients"]
+    reported = [(e.get("phone_number"), e.get("status")) for e in entries if e.get("status") in statuses.TELNYX_FINAL]
+    if len(recipients) == 1:
+        return reported[0][1] if reported else None
+    known: dict[str, str] = {}
+    for number, status in reported:
+        if number in recipients:
+            known = store.set_recipient_status(message_id, number, status)
+    if not known or set(known) != set(recipients) or not all(statuses.is_final(s) for s in known.values()):
+        return None
+    outcomes = set(known.values())
+    if len(outcomes) == 1:
+        return outcomes.pop()
+    failed = {statuses.DELIVERY_FAILED, statuses.SENDING_FAILED, statuses.EXPIRED}
+    return statuses.DELIVERY_FAILED if outcomes & failed else statuses.DELIVERY_UNCONFIRMED
 
 
 def _details(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,8 +51,16 @@ def segments(text: str) -> Segments:
     return Segments("UCS-2", _count(sizes, 70, 67), sum(sizes))
 
 
+#: NANP toll-free area codes: such numbers are metered as toll-free senders, not long codes.
+TOLL_FREE = re.compile(r"^\+1(800|833|844|855|866|877|888)\d{7}$")
+
+
 def is_e164(value: str) -> bool:
     return bool(E164.match(value))
+
+
+def is_toll_free(value: str) -> bool:
+    return bool(TOLL_FREE.match(value))
 
 
 def sender_kind(sender: str) -> str | None:

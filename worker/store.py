@@ -53,6 +53,8 @@ messages = sa.Table(
     sa.Column("sender", sa.String(64)),
     sa.Column("messaging_profile_id", sa.String(64)),
     sa.Column("recipients", sa.JSON, nullable=False),
+    #: Per-recipient status of a group MMS ({number: status}); the message's status is derived from it.
+    sa.Column("recipient_statuses", sa.JSON),
     sa.Column("endpoint", sa.String(64), nullable=False),
     sa.Column("body", sa.JSON, nullable=False),
     sa.Column("status", sa.String(24), nullable=False, index=True),
@@ -229,6 +231,7 @@ class Store:
             "priority": row["priority"],
             "idempotency_key": row["idempotency_key"],
             "telnyx_id": row["telnyx_id"],
+            "recipient_statuses": row["recipient_statuses"],
             "attempts": row["attempts"],
             "errors": row["errors"],
             "parts": row["parts"],
@@ -273,13 +276,32 @@ class Store:
 
     def add_errors(self, message_id: str, errors: Iterable[Mapping[str, Any]]) -> None:
         with self.engine.begin() as conn:
+            self._lock_row(conn, message_id)
             self._append_errors(conn, message_id, [dict(e) for e in errors])
+
+    @staticmethod
+    def _lock_row(conn: Connection, message_id: str) -> None:
+        # An UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) before a read-modify-write,
+        # so concurrent writers queue instead of overwriting each other.
+        conn.execute(messages.update().where(messages.c.id == message_id).values(updated_at=utcnow()))
 
     @staticmethod
     def _append_errors(conn: Connection, message_id: str, extra: list[dict[str, Any]]) -> None:
         # Read-modify-write is safe here: the caller's UPDATE already holds the row lock.
         current = conn.execute(sa.select(messages.c.errors).where(messages.c.id == message_id)).scalar()
         conn.execute(messages.update().where(messages.c.id == message_id).values(errors=[*(current or []), *extra]))
+
+    def set_recipient_status(self, message_id: str, recipient: str, status: str) -> dict[str, str]:
+        """Move one recipient of a group forward (by rank, never out of final); returns every recipient's status."""
+        with self.engine.begin() as conn:
+            self._lock_row(conn, message_id)
+            current = dict(conn.execute(
+                sa.select(messages.c.recipient_statuses).where(messages.c.id == message_id)).scalar() or {})
+            if statuses.RANK[status] > statuses.RANK[current.get(recipient, statuses.SUBMITTED)]:
+                current[recipient] = status
+                conn.execute(messages.update().where(messages.c.id == message_id)
+                             .values(recipient_statuses=current))
+        return current
 
     def claim(self, message_id: str) -> dict[str, Any] | None:
         """``queued`` -> ``sending``, counting the attempt. None when another worker (or nobody) may send."""

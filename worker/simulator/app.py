@@ -16,12 +16,15 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from worker.signature import Signer
-from worker.simulator import control, optouts
+from worker.simulator import control, faults, numbers, optouts, profiles, throughput
+from worker.simulator.faults import FaultConfig, FaultMiddleware, Faults
 from worker.simulator.messages import ORGANIZATION_ID, MessageEndpoints
 from worker.simulator.optouts import OptOutList
 from worker.simulator.state import SimMessage, SimState
+from worker.simulator.throughput import Throughput, ThroughputConfig
 from worker.simulator.webhooks import WebhookSender, event
 
 DEFAULT_KEY_SEED = "sendq-simulator"
@@ -48,6 +51,10 @@ class SimulatorConfig:
     webhook_retry_base_s: float = 0.5
     profile_id: str = DEFAULT_PROFILE_ID
     pool_numbers: tuple[str, ...] = POOL_NUMBERS
+    #: Injected 5xx, 429, resets, timeouts and latency on /v2 (default: none).
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    #: Per-sender and account message rates, queued as Telnyx queues them (default: unlimited).
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
 
 
 class Simulator:
@@ -65,7 +72,10 @@ class Simulator:
         self.tasks: set[asyncio.Task[None]] = set()
         self.webhooks: WebhookSender | None = None
         self.url: str | None = None  # where it is served, once known (tests and the demo set it)
-        self._reset_hooks: list[Callable[[], None]] = [self.state.reset, self.optouts.reset]
+        self.faults = Faults(self.config.faults, default_seed=self.config.seed)
+        self.throughput = Throughput(self.config.throughput)
+        self._reset_hooks: list[Callable[[], None]] = [self.state.reset, self.optouts.reset, self.faults.reset,
+                                                       self.throughput.reset]
 
     @property
     def public_key(self) -> str:
@@ -120,7 +130,8 @@ def create_app(simulator: Simulator | None = None) -> Starlette:
                 for task in list(sim.tasks):
                     task.cancel()
 
-    routes = [*MessageEndpoints(sim).routes(), *optouts.routes(sim), *control.routes(sim)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    routes = [*MessageEndpoints(sim).routes(), *optouts.routes(sim), *control.routes(sim), *faults.routes(sim),
+              *throughput.routes(sim), *numbers.routes(sim), *profiles.routes(sim)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(FaultMiddleware, faults=sim.faults)])
     app.state.simulator = sim
     return app

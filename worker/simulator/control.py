@@ -18,8 +18,8 @@ def routes(sim: Simulator) -> list[Route]:
 
     async def messages(request: Request) -> Response:
         return JSONResponse({"data": [
-            {"id": m.id, "statuses": [r["status"] for r in m.payload["to"]], "outcomes": m.outcomes,
-             "idempotency_key": m.idempotency_key, "request": m.request,
+            {"id": m.id, "endpoint": m.endpoint, "statuses": [r["status"] for r in m.payload["to"]],
+             "outcomes": m.outcomes, "idempotency_key": m.idempotency_key, "request": m.request,
              "events": [e["data"]["event_type"] for e in m.events]}
             for m in list(sim.state.messages.values())
         ]})

@@ -55,10 +55,15 @@ async def json_object(request: Request) -> dict[str, Any]:
 
 
 def paged(request: Request, items: list[Any], *, default_size: int = 20, max_size: int = 250) -> dict[str, Any]:
-    """``{"data", "meta"}`` for one page of ``items`` by ``page[number]`` / ``page[size]``, as Telnyx pages."""
+    """``{"data", "meta"}`` for one page of ``items``, as Telnyx pages.
+
+    Both spellings are accepted: ``page[number]`` / ``page[size]`` (the spec's deepObject form) and
+    ``page_number`` / ``page_size`` (what the current SDK sends on the first page).
+    """
+    query = request.query_params
     try:
-        number = int(request.query_params.get("page[number]", 1))
-        size = int(request.query_params.get("page[size]", default_size))
+        number = int(query.get("page[number]", query.get("page_number", 1)))
+        size = int(query.get("page[size]", query.get("page_size", default_size)))
     except ValueError:
         raise Refusal(400, "10015", "Bad Request", "page[number] and page[size] must be integers.") from None
     if number < 1 or not 1 <= size <= max_size:

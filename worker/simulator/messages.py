@@ -222,25 +222,28 @@ class MessageEndpoints:
         }
 
     def accept(self, body: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]],
-               idempotency_key: str | None, send_at: datetime | None) -> dict[str, Any]:
+               idempotency_key: str | None, send_at: datetime | None, endpoint: str = "") -> dict[str, Any]:
         payload = build(body)
-        message = SimMessage(payload=payload, request=body, idempotency_key=idempotency_key,
+        now = self.sim.elapsed()
+        # Before anything is recorded: a full sender queue refuses the message (429 / 40318).
+        wait = 0.0 if send_at is not None else self.sim.throughput.admit(payload, now)
+        message = SimMessage(payload=payload, request=body, idempotency_key=idempotency_key, endpoint=endpoint,
                              outcomes=[self.sim.pick_outcome() for _ in payload["to"]], send_at=send_at)
         if send_at is not None:
             payload["send_at"] = send_at.isoformat()
             for recipient in payload["to"]:
                 recipient["status"] = "scheduled"
-        self.sim.state.add(message, self.sim.elapsed())
-        self.sim.spawn(self._lifecycle(message))
+        self.sim.state.add(message, now, departs_s=now + wait)
+        self.sim.spawn(self._lifecycle(message, wait))
         return payload
 
-    async def _lifecycle(self, message: SimMessage) -> None:
+    async def _lifecycle(self, message: SimMessage, wait_s: float = 0.0) -> None:
         if message.send_at is not None:
             await asyncio.sleep(max(0.0, (message.send_at - datetime.now(UTC)).total_seconds()))
             if message.cancelled:
                 return
         payload = message.payload
-        await asyncio.sleep(self.sim.config.sent_delay_s)
+        await asyncio.sleep(wait_s + self.sim.config.sent_delay_s)  # queued behind the sender's rate, then sent
         payload["sent_at"] = now_iso()
         for recipient in payload["to"]:
             recipient["status"] = "sent"
@@ -274,7 +277,7 @@ class MessageEndpoints:
                       send_at: datetime | None) -> Response:
         key = request.headers.get("idempotency-key")
         if key is None:
-            return JSONResponse({"data": self.accept(body, build, None, send_at)})
+            return JSONResponse({"data": self.accept(body, build, None, send_at, request.url.path)})
         seen = self.sim.state.begin(key, body)
         if isinstance(seen, Replay):
             status, content = seen.response  # type: ignore[misc]
@@ -286,7 +289,7 @@ class MessageEndpoints:
             raise Refusal(422, "10037", "Idempotency-Key reused",
                           "This Idempotency-Key was already used with a different request body.")
         try:
-            content = {"data": self.accept(body, build, key, send_at)}
+            content = {"data": self.accept(body, build, key, send_at, request.url.path)}
         except Refusal:
             self.sim.state.finish(key, None)
             raise

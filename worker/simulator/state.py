@@ -24,6 +24,8 @@ class SimMessage:
     idempotency_key: str | None
     #: The final status of each recipient, in ``payload["to"]`` order.
     outcomes: list[str]
+    #: The path the message was sent to (``/v2/messages/long_code``, ...).
+    endpoint: str = ""
     send_at: datetime | None = None
     cancelled: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -82,11 +84,13 @@ class SimState:
                 # Only successful responses are replayed (Telnyx's documented behaviour).
                 self.replays.pop(key, None)
 
-    def add(self, message: SimMessage, arrived_s: float) -> None:
+    def add(self, message: SimMessage, arrived_s: float, departs_s: float | None = None) -> None:
+        """Record an accepted message; ``departs_s`` is when it leaves its sender's queue (default: on arrival)."""
         with self._lock:
             self.messages[message.id] = message
             self.arrivals.append({"t": arrived_s, "from": message.payload["from"]["phone_number"],
-                                  "profile": message.payload.get("messaging_profile_id"), "id": message.id})
+                                  "profile": message.payload.get("messaging_profile_id"), "id": message.id,
+                                  "departs": arrived_s if departs_s is None else departs_s})
 
     def get(self, message_id: str) -> SimMessage | None:
         with self._lock:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import httpx
 
 from worker.telnyx.messages import Messages
+from worker.telnyx.numbers import Numbers
 from worker.telnyx.optouts import OptOuts
+from worker.telnyx.profiles import Profiles
 from worker.telnyx.transport import Transport
 
 
@@ -28,6 +30,8 @@ class TelnyxClient:
         self.transport = Transport(http, api_key=api_key, base_url=base_url, attempts=attempts)
         self.messages = Messages(self.transport)
         self.optouts = OptOuts(self.transport)
+        self.numbers = Numbers(self.transport)
+        self.profiles = Profiles(self.transport)
 
     @classmethod
     def build(cls, *, api_key: str, base_url: str, attempts: int = 3, timeouts: Timeouts | None = None,
