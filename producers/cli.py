@@ -8,13 +8,13 @@ input, 1 for any other failure, 0 for success.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from producers.output import emit
 from worker.errors import SendqError, ValidationError
 
 log = logging.getLogger("sendq")
@@ -22,10 +22,6 @@ log = logging.getLogger("sendq")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_WEB_PORT = 8080
 DEFAULT_SIMULATOR_PORT = 8090
-
-
-def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj, default=str) if args.json else text)
 
 
 def _settings() -> Any:
@@ -45,7 +41,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             recipients, text=args.text, media_urls=args.media or (), from_=args.from_, profile=args.profile,
             kind=args.kind, priority=args.priority, idempotency_key=args.idempotency_key,
         )
-    _emit(args, {"id": result["id"], "status": result["status"]}, f"{result['id']} {result['status']}")
+    emit(args, {"id": result["id"], "status": result["status"]}, f"{result['id']} {result['status']}")
     return EXIT_OK
 
 
@@ -54,7 +50,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     with Producer.connect(_settings()) as producer:
         record = producer.status(args.id)
-    _emit(args, record, _format_record(record))
+    emit(args, record, _format_record(record))
     return EXIT_OK
 
 
@@ -278,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from worker.logs import configure_logging
 
-    configure_logging("WARNING" if args.command in ("send", "status", "demo") else "INFO")
+    # Long-running processes log what they do; one-shot commands print their answer and only warnings.
+    configure_logging("INFO" if args.command in ("worker", "web", "scheduler", "simulator") else "WARNING")
     try:
         return int(args.handler(args))
     except ValidationError as exc:

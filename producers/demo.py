@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr
 
+from producers.output import table
 from producers.producer import Producer
 from worker import statuses
 from worker.actors import Actors
@@ -83,12 +84,8 @@ def _wait_final(producer: Producer, ids: list[str], timeout_s: float) -> list[di
 
 
 def _table(records: list[dict[str, Any]]) -> str:
-    header = ("id", "kind", "priority", "to", "status", "parts", "history")
-    rows = [header] + [
-        (r["id"][:8], r["kind"], r["priority"], str(r["to"]), r["status"], str(r["parts"] or ""),
+    return table(("ID", "KIND", "PRIORITY", "TO", "STATUS", "PARTS", "HISTORY"), [
+        (r["id"][:8], r["kind"], r["priority"], r["to"], r["status"], r["parts"],
          " > ".join(h["status"] for h in r["history"]))
         for r in records
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-                     for row in rows)
+    ])

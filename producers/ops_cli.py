@@ -4,6 +4,7 @@ messaging profiles.
     sendq numbers list [--profile UUID] [--json]
     sendq numbers show ID [--json]
     sendq profile metrics ID [--time-frame 24h] [--json]
+    sendq optouts list [--profile UUID] [--from SENDER] [--since ISO8601] [--json]
 
 They call Telnyx directly and need nothing else (no Redis, no database): only ``TELNYX_API_KEY`` and,
 optionally, ``TELNYX_BASE_URL``. Without ``--json`` they print aligned tables; with it, exactly one JSON
@@ -15,18 +16,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from worker.errors import ConfigurationError
+from producers.output import cell, emit, table
 
 Handler = Callable[[argparse.Namespace], int]
 AddCommand = Callable[..., argparse.ArgumentParser]
 TIME_FRAMES = ("1h", "3h", "24h", "3d", "7d", "30d")
 NUMBER_COLUMNS = (("PHONE NUMBER", "phone_number"), ("ID", "id"), ("TYPE", "type"),
                   ("PROFILE", "messaging_profile_id"), ("PRODUCT", "messaging_product"), ("TAGS", "tags"))
+OPTOUT_COLUMNS = (("TO", "to"), ("FROM", "from"), ("KEYWORD", "keyword"), ("PROFILE", "messaging_profile_id"),
+                  ("CREATED", "created_at"))
 METRIC_COLUMNS = ("TIMESTAMP", "LABEL", "SENT", "DELIVERED", "ERROR RATIO", "RECEIVED")
 
 
@@ -34,44 +35,13 @@ METRIC_COLUMNS = ("TIMESTAMP", "LABEL", "SENT", "DELIVERED", "ERROR RATIO", "REC
 def telnyx_client() -> Iterator[Any]:
     """A Telnyx client built from the environment, closed afterwards; refuses to start without an API key."""
     from worker.settings import Settings
-    from worker.telnyx import TelnyxClient, Timeouts
+    from worker.telnyx import TelnyxClient
 
-    settings = Settings.from_env()
-    api_key = settings.api_key()
-    if not api_key:
-        raise ConfigurationError("TELNYX_API_KEY is not set: the ops commands read from Telnyx")
-    # main() logs at INFO for these commands, and httpx would print a line per page fetched.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    client = TelnyxClient.build(api_key=api_key, base_url=settings.telnyx_base_url, attempts=settings.http_attempts,
-                                timeouts=Timeouts(settings.http_timeout_s, settings.http_connect_timeout_s))
+    client = TelnyxClient.from_settings(Settings.from_env())
     try:
         yield client
     finally:
         client.close()
-
-
-def cell(value: Any) -> str:
-    """One value as a table shows it: ``-`` for nothing, lists comma-joined."""
-    if value is None or value == [] or value == "":
-        return "-"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.2%}" if value <= 1 else f"{value:g}"
-    return str(value)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned."""
-    cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(c) for c in column) for column in zip(headers, *cells, strict=False)]
-    numeric = [bool(rows) and all(isinstance(row[i], int | float) for row in rows) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        padded = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(values, widths, numeric, strict=True)]
-        return "  ".join(padded).rstrip()
-
-    return "\n".join([line(headers), *(line(row) for row in cells)])
 
 
 def settings_lines(record: dict[str, Any]) -> str:
@@ -102,10 +72,6 @@ def metrics_text(data: dict[str, Any]) -> str:
     return head + "\n\n" + table(METRIC_COLUMNS, rows)
 
 
-def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj, default=str) if args.json else text)
-
-
 def cmd_numbers_list(args: argparse.Namespace) -> int:
     """Every phone number with its messaging profile and product (optionally only one profile's)."""
     with telnyx_client() as client:
@@ -131,6 +97,16 @@ def cmd_profile_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optouts_list(args: argparse.Namespace) -> int:
+    """Telnyx's opt-out blocks (recipients who texted STOP), every page, optionally filtered."""
+    with telnyx_client() as client:
+        optouts = list(client.optouts.list(messaging_profile_id=args.profile, from_=args.from_,
+                                           created_at_gte=args.since))
+    emit(args, {"data": optouts}, table([h for h, _ in OPTOUT_COLUMNS],
+                                        [[o.get(key) for _, key in OPTOUT_COLUMNS] for o in optouts]))
+    return 0
+
+
 def _subcommand(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
     command = group.add_parser(name, help=help_text, description=help_text)
     command.set_defaults(handler=handler)
@@ -144,7 +120,7 @@ def _group_only(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, add: AddCommand) -> None:
-    """Add ``numbers`` and ``profile`` (each a group of subcommands) to the ``sendq`` parser.
+    """Add ``numbers``, ``profile`` and ``optouts`` (each a group of subcommands) to the ``sendq`` parser.
 
     ``add`` is ``build_parser``'s helper for a top-level command; the subcommands hang below it.
     """
@@ -160,3 +136,10 @@ def register(sub: Any, add: AddCommand) -> None:
     metrics = _subcommand(commands, "metrics", cmd_profile_metrics, "show a messaging profile's metrics")
     metrics.add_argument("id", metavar="ID", help="messaging profile UUID")
     metrics.add_argument("--time-frame", choices=TIME_FRAMES, default="24h", help="window to report (default 24h)")
+
+    optouts = add("optouts", _group_only, "inspect opt-outs (recipients who texted STOP)")
+    commands = optouts.add_subparsers(dest="optouts_command", required=True, metavar="COMMAND")
+    listing = _subcommand(commands, "list", cmd_optouts_list, "list Telnyx's opt-out blocks, every page")
+    listing.add_argument("--profile", metavar="UUID", help="only this messaging profile's")
+    listing.add_argument("--from", dest="from_", metavar="SENDER", help="only blocks on this sending number")
+    listing.add_argument("--since", metavar="ISO8601", help="only blocks created at or after this time")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from worker import statuses
 from worker.errors import NotFoundError
@@ -96,3 +97,14 @@ def test_an_unknown_id_is_not_found(store):
 def test_events_are_kept_once_by_id(store):
     assert store.record_event("ev-1", "message.sent", "tx-1", None, {"data": {}})
     assert not store.record_event("ev-1", "message.sent", "tx-1", None, {"data": {}})
+
+
+def test_a_store_from_an_older_schema_gains_new_columns_and_keeps_its_messages(store):
+    row, _ = store.insert(new_message())
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE messages DROP COLUMN recipient_statuses"))
+
+    store.create_schema()
+
+    assert store.record(row["id"])["recipient_statuses"] is None
+    assert store.record(row["id"])["to"] == "+13125550002"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.errors import ConfigurationError
 from worker.settings import Settings
 from worker.store import Store
-from worker.telnyx import TelnyxClient, Timeouts
+from worker.telnyx import TelnyxClient
 
 
 @dataclass
@@ -20,15 +19,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Services:
-        api_key = settings.api_key()
-        if not api_key:
-            raise ConfigurationError("TELNYX_API_KEY is not set: the worker cannot call Telnyx")
-        telnyx = TelnyxClient.build(
-            api_key=api_key,
-            base_url=settings.telnyx_base_url,
-            attempts=settings.http_attempts,
-            timeouts=Timeouts(settings.http_timeout_s, settings.http_connect_timeout_s),
-        )
+        telnyx = TelnyxClient.from_settings(settings)
         return cls(settings=settings, store=store or Store.from_url(settings.database_url), telnyx=telnyx)
 
     def close(self) -> None:

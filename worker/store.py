@@ -158,7 +158,23 @@ class Store:
         return store
 
     def create_schema(self) -> None:
+        """Create missing tables, and add columns that a newer sendq added to an existing table.
+
+        Schema changes are additive only (new nullable columns), so a store written by an older sendq keeps
+        every message and stays readable by a newer one.
+        """
         metadata.create_all(self.engine, checkfirst=True)
+        inspector = sa.inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in present:
+                        continue
+                    if not column.nullable:
+                        raise RuntimeError(f"cannot add required column {table.name}.{column.name} in place")
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

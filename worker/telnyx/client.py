@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from worker.errors import ConfigurationError
+from worker.settings import Settings
 from worker.telnyx.messages import Messages
 from worker.telnyx.numbers import Numbers
 from worker.telnyx.optouts import OptOuts
@@ -39,6 +41,15 @@ class TelnyxClient:
         http = httpx.Client(timeout=(timeouts or Timeouts()).to_httpx(), transport=transport,
                             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
         return cls(http, api_key=api_key, base_url=base_url, attempts=attempts)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TelnyxClient:
+        """The client a sendq process uses; refuses to exist without an API key."""
+        api_key = settings.api_key()
+        if not api_key:
+            raise ConfigurationError("TELNYX_API_KEY is not set: sendq cannot call Telnyx")
+        return cls.build(api_key=api_key, base_url=settings.telnyx_base_url, attempts=settings.http_attempts,
+                         timeouts=Timeouts(settings.http_timeout_s, settings.http_connect_timeout_s))
 
     def close(self) -> None:
         self.http.close()
