@@ -6,17 +6,19 @@ Build a :class:`Producer` once and pass it around::
         message_id = producer.send("+13125550123", from_="+13125550001", text="Your code is 123456",
                                    priority="urgent")
 
-The module-level :func:`send` and :func:`status` use one producer built from the environment on first use.
+The module-level :func:`send`, :func:`status` and :func:`bulk_update` use one producer built from the environment
+on first use.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from producers.producer import Producer
 
-__all__ = ["Producer", "default_producer", "send", "status"]
+__all__ = ["Producer", "bulk_update", "default_producer", "send", "status"]
 
 _default: Producer | None = None
 _lock = threading.Lock()
@@ -38,3 +40,8 @@ def send(to: str, **options: Any) -> str:
 
 def status(message_id: str) -> dict[str, Any]:
     return default_producer().status(message_id)
+
+
+def bulk_update(profile_id: str, numbers: Sequence[str], *, assign_only: bool = False) -> dict[str, Any]:
+    """Enqueue a bulk messaging-profile update with the default producer; returns ``{"id", "status"}``."""
+    return default_producer().bulk_update(profile_id, numbers, assign_only=assign_only)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from producers.output import emit
-from worker.errors import SendqError, ValidationError
+from worker.errors import NotFoundError, SendqError, ValidationError
 
 log = logging.getLogger("sendq")
 
@@ -39,18 +39,23 @@ def cmd_send(args: argparse.Namespace) -> int:
         recipients = args.to.split(",") if "," in args.to else args.to
         result = producer.submit(
             recipients, text=args.text, media_urls=args.media or (), from_=args.from_, profile=args.profile,
-            kind=args.kind, priority=args.priority, idempotency_key=args.idempotency_key,
+            kind=args.kind, priority=args.priority, idempotency_key=args.idempotency_key, send_at=args.send_at,
+            valid_for=args.valid_for, schedule_mode=args.schedule_mode,
         )
     emit(args, {"id": result["id"], "status": result["status"]}, f"{result['id']} {result['status']}")
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from producers import Producer
+    from producers import Producer, bulk_cli
 
     with Producer.connect(_settings()) as producer:
-        record = producer.status(args.id)
-    emit(args, record, _format_record(record))
+        try:
+            record = producer.status(args.id)
+        except NotFoundError:  # not a message: a bulk update, or NotFoundError again
+            record = producer.bulk_status(args.id)
+    text = bulk_cli.format_record(record) if record.get("record_type") == "bulk_update" else _format_record(record)
+    emit(args, record, text)
     return EXIT_OK
 
 
@@ -60,6 +65,15 @@ def _format_record(record: dict[str, Any]) -> str:
         lines.append(f"{'error':>14}: {error.get('code')} {error.get('title')} {error.get('detail') or ''}")
     lines.append(f"{'history':>14}: " + " -> ".join(h["status"] for h in record["history"]))
     return "\n".join(lines)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from producers import Producer
+
+    with Producer.connect(_settings()) as producer:
+        record = producer.cancel(args.id)
+    emit(args, record, _format_record(record))
+    return EXIT_OK
 
 
 # -- processes ----------------------------------------------------------------------------------------
@@ -209,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--kind", default="auto", choices=KINDS)
     send.add_argument("--priority", default="normal", choices=PRIORITIES)
     send.add_argument("--idempotency-key", help="sending twice with the same key sends once")
+    send.add_argument("--send-at", metavar="ISO8601", help="when to send, with a UTC offset (1 s to a year ahead)")
+    send.add_argument("--schedule-mode", choices=("local", "telnyx"), default="local",
+                      help="who holds a scheduled message: sendq (any horizon) or Telnyx (5 minutes to 5 days)")
+    send.add_argument("--valid-for", type=int, metavar="SECONDS",
+                      help="not sent after this many seconds (from --send-at or now): it ends expired")
+
+    cancel = add("cancel", cmd_cancel, "cancel a message not yet sent", json_flag=True)
+    cancel.add_argument("id")
 
     status = add("status", cmd_status, "show one message's record", json_flag=True)
     status.add_argument("id")
@@ -264,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("demo", cmd_demo, "run everything on embedded defaults against the simulator and send a batch")
 
-    from producers import ops_cli
+    from producers import bulk_cli, ops_cli
 
+    bulk_cli.register(add)
     ops_cli.register(sub, add)
     return parser
 

@@ -1,16 +1,22 @@
 """``sendq demo``: the whole pipeline in one process, on embedded defaults, against the simulator.
 
-It starts the simulator, the webhook receiver and a worker, accepts a small mixed batch through the
-producer API, waits until Telnyx's (simulated) webhooks have finalized every message, and prints what
-happened to each. Exit 0 only if every message was delivered.
+It starts the simulator, the webhook receiver, a worker and the scheduler; accepts a small mixed batch
+through the producer API (every sender kind, an urgent 2FA code, a scheduled reminder, a cancelled
+message and one to a recipient who texted STOP); waits until Telnyx's (simulated) webhooks have finalized
+every message; and prints what happened to each. Exit 0 only if every message ended as expected.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+import httpx
 from pydantic import SecretStr
 
 from producers.output import table
@@ -20,6 +26,7 @@ from worker.actors import Actors
 from worker.broker import build_broker
 from worker.embedded import resolve_redis
 from worker.pool import start_worker
+from worker.scheduler import Scheduler
 from worker.services import Services
 from worker.serving import ServerThread, free_port
 from worker.settings import Settings
@@ -28,50 +35,82 @@ from worker.simulator import create_app as create_simulator_app
 from worker.web import create_app as create_web_app
 
 PROFILE = "4001767e-ce0f-4cae-9d5f-0d5e636e7809"
-BATCH: list[dict[str, Any]] = [
-    {"to": "+13125550102", "from_": "+13125550001", "text": "Your sendq code is 482913", "priority": "urgent"},
-    {"to": "+13125550103", "from_": "24680", "text": "Reply YES to confirm your appointment tomorrow."},
-    {"to": "+447700900123", "from_": "sendq", "profile": PROFILE, "text": "Your parcel is on its way."},
-    {"to": "+13125550104", "profile": PROFILE, "text": "Spring sale: 20% off this weekend.",
-     "priority": "bulk"},
-    {"to": "+13125550105", "from_": "+13125550001", "text": "Your receipt",
-     "media_urls": ["https://example.com/receipt.png"]},
-    {"to": "+13125550106", "from_": "+13125550001", "text": "Grüße aus Köln 🎉 " * 6},
+OPTED_OUT = "+13125550109"
+#: (what to send, the status it must end in)
+BATCH: list[tuple[dict[str, Any], str]] = [
+    ({"to": "+13125550102", "from_": "+13125550001", "text": "Your sendq code is 482913", "priority": "urgent"},
+     statuses.DELIVERED),
+    ({"to": "+13125550103", "from_": "24680", "text": "Reply YES to confirm your appointment tomorrow."},
+     statuses.DELIVERED),
+    ({"to": "+447700900123", "from_": "sendq", "profile": PROFILE, "text": "Your parcel is on its way."},
+     statuses.DELIVERED),
+    ({"to": "+13125550104", "profile": PROFILE, "text": "Spring sale: 20% off this weekend.", "priority": "bulk"},
+     statuses.DELIVERED),
+    ({"to": "+13125550105", "from_": "+13125550001", "text": "Your receipt",
+      "media_urls": ["https://example.com/receipt.png"]}, statuses.DELIVERED),
+    ({"to": "+13125550106", "from_": "+13125550001", "text": "Grüße aus Köln 🎉 " * 6}, statuses.DELIVERED),
+    ({"to": ["+13125550107", "+13125550108"], "from_": "+13125550001", "kind": "group_mms",
+      "text": "Dinner at 8?"}, statuses.DELIVERED),
+    ({"to": OPTED_OUT, "from_": "+13125550001", "text": "We miss you!"}, statuses.SUPPRESSED),
 ]
+SCHEDULED_IN_S = 3
 WAIT_S = 30.0
+
+
+@contextmanager
+def _running(settings: Settings, simulator: Simulator) -> Iterator[Producer]:
+    """Web receiver, worker and scheduler for ``settings``; yields a producer on the same store."""
+    web_port = int(settings.webhook_url.rsplit(":", 1)[1].split("/")[0])  # type: ignore[union-attr]
+    with ServerThread(create_web_app(settings), port=web_port):
+        services = Services.build(settings)
+        actors = Actors(build_broker(settings), services)
+        worker = start_worker(actors, threads=8)
+        stop = threading.Event()
+        scheduler = threading.Thread(target=Scheduler(settings, services.store, actors).run, args=(stop,))
+        scheduler.start()
+        try:
+            yield Producer(settings, services.store, actors)
+        finally:
+            stop.set()
+            scheduler.join()
+            worker.stop()
+            actors.broker.close()
+            services.close()
 
 
 def run_demo(settings: Settings, *, out: TextIO) -> int:
     settings, embedded = resolve_redis(settings)
     simulator = Simulator()
-    web_port = free_port()
     with ServerThread(create_simulator_app(simulator)) as sim_server:
         settings = settings.model_copy(update={
             "telnyx_base_url": f"{sim_server.url}/v2",
             "telnyx_api_key": SecretStr("KEY-sendq-demo"),
             "telnyx_public_key": simulator.public_key,
-            "webhook_url": f"http://127.0.0.1:{web_port}/webhooks/telnyx",
+            "webhook_url": f"http://127.0.0.1:{free_port()}/webhooks/telnyx",
+            "scheduler_interval_s": 0.2,
             # A namespace of its own, so a demo never takes jobs from (or gives jobs to) other workers.
             "namespace": f"sendq-demo-{uuid.uuid4().hex[:8]}",
         })
-        with ServerThread(create_web_app(settings), port=web_port):
-            services = Services.build(settings)
-            actors = Actors(build_broker(settings), services)
-            worker = start_worker(actors, threads=8)
-            try:
-                producer = Producer(settings, services.store, actors)
-                ids = [producer.send(**message) for message in BATCH]
-                records = _wait_final(producer, ids, WAIT_S)
-            finally:
-                worker.stop()
-                actors.broker.close()
-                services.close()
+        # The recipient texts STOP first: Telnyx then refuses sends to them (40300) and sendq records it.
+        httpx.post(f"{sim_server.url}/_sim/inbound", json={"from": OPTED_OUT, "to": "+13125550001", "text": "STOP"})
+        with _running(settings, simulator) as producer:
+            expected = {producer.send(**message): status for message, status in BATCH}
+            later = datetime.now(UTC) + timedelta(seconds=SCHEDULED_IN_S)
+            expected[producer.send("+13125550110", from_="+13125550001", text="Reminder: meeting at 9:00",
+                                   send_at=later)] = statuses.DELIVERED
+            called_off = producer.send("+13125550111", from_="+13125550001", text="Campaign we called off",
+                                       send_at=later + timedelta(hours=1))
+            producer.cancel(called_off)
+            expected[called_off] = statuses.CANCELLED
+            records = _wait_final(producer, list(expected), WAIT_S)
     if embedded:
         embedded.close()
     print(_table(records), file=out)
-    delivered = sum(r["status"] == statuses.DELIVERED for r in records)
-    print(f"\n{delivered}/{len(records)} delivered", file=out)
-    return 0 if delivered == len(records) else 1
+    right = sum(r["status"] == expected[r["id"]] for r in records)
+    print(f"\n{right}/{len(records)} ended as expected "
+          f"({sum(r['status'] == statuses.DELIVERED for r in records)} delivered, 1 scheduled "
+          f"{SCHEDULED_IN_S} s ahead, 1 cancelled, 1 suppressed by an opt-out)", file=out)
+    return 0 if right == len(records) else 1
 
 
 def _wait_final(producer: Producer, ids: list[str], timeout_s: float) -> list[dict[str, Any]]:

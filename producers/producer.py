@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
 
 from producers.validation import SendRequest, validate
+from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
+from worker.bulk_updates import BulkUpdates, check_request
 from worker.embedded import EmbeddedRedis, resolve_redis
-from worker.errors import ValidationError
+from worker.errors import ConflictError, TelnyxRefused, ValidationError
 from worker.settings import Settings
-from worker.store import Store
+from worker.store import Store, utcnow
+from worker.telnyx import TelnyxClient
 
 log = logging.getLogger(__name__)
+
+#: Statuses a message can be cancelled from in sendq's own hands.
+CANCELLABLE = (statuses.QUEUED, statuses.SCHEDULED)
+TELNYX_CANCEL_CUTOFF = timedelta(minutes=1)
 
 
 class Producer:
@@ -60,6 +68,9 @@ class Producer:
         priority: str = "normal",
         idempotency_key: str | None = None,
         whatsapp_message: Mapping[str, Any] | None = None,
+        send_at: datetime | str | None = None,
+        valid_for: int | None = None,
+        schedule_mode: str = "local",
     ) -> dict[str, Any]:
         """Accept one message; returns ``{"id", "status", "created"}``.
 
@@ -67,13 +78,17 @@ class Producer:
         sends nothing new; reusing a key for a different message raises :class:`ValidationError`.
         """
         request = SendRequest(to=to, text=text, media_urls=media_urls, from_=from_, profile=profile, kind=kind,
-                              priority=priority, idempotency_key=idempotency_key, whatsapp_message=whatsapp_message)
-        new = validate(request, webhook_url=self.settings.webhook_url)
+                              priority=priority, idempotency_key=idempotency_key, whatsapp_message=whatsapp_message,
+                              send_at=send_at, valid_for=valid_for, schedule_mode=schedule_mode)
+        new = validate(request, webhook_url=self.settings.webhook_url,
+                       urgent_valid_for_s=self.settings.urgent_valid_for_s)
         row, created = self.store.insert(new)
         if not created:
             if not new.same_request(row):
                 raise ValidationError("idempotency_key", f"already used for a different message ({row['id']})")
             return {"id": row["id"], "status": row["status"], "created": False}
+        if new.status == statuses.SCHEDULED:
+            return {"id": new.id, "status": new.status, "created": True}  # the scheduler enqueues it when due
         try:
             self.actors.enqueue_send(new.id, new.priority)
         except Exception:
@@ -85,6 +100,53 @@ class Producer:
         """Accept one message and return its id (see :meth:`submit` for the options)."""
         return str(self.submit(to, **options)["id"])
 
+    def cancel(self, message_id: str) -> dict[str, Any]:
+        """Cancel a message not yet handed to Telnyx (or scheduled at Telnyx); returns its record.
+
+        One conditional UPDATE decides between this and a worker claiming the message, so exactly one wins and
+        nothing is sent after ``cancelled``. Cancelling twice is harmless. Raises :class:`ConflictError` with
+        the reason once the message is ``sending`` or later.
+        """
+        row = self.store.row(message_id)
+        if row["telnyx_id"] and row["status"] == statuses.SCHEDULED:
+            self._cancel_at_telnyx(row)
+        elif not self.store.transition(message_id, statuses.CANCELLED, from_=CANCELLABLE):
+            current = self.store.row(message_id)["status"]
+            if current != statuses.CANCELLED:
+                raise ConflictError(f"message {message_id} is already {current}: too late to cancel", status=current)
+        return self.store.record(message_id)
+
+    def _cancel_at_telnyx(self, row: dict[str, Any]) -> None:
+        # Telnyx cancels only more than a minute before send_at; say so rather than let it answer 403.
+        if row["send_at"] - utcnow() <= TELNYX_CANCEL_CUTOFF:
+            raise ConflictError(f"message {row['id']} is due at Telnyx within a minute: too late to cancel",
+                                status=row["status"])
+        with TelnyxClient.from_settings(self.settings) as telnyx:
+            try:
+                telnyx.messages.cancel_scheduled(row["telnyx_id"])
+            except TelnyxRefused as exc:
+                raise ConflictError(f"Telnyx refused to cancel message {row['id']}: {exc}", status=row["status"]) \
+                    from exc
+        self.store.transition(row["id"], statuses.CANCELLED, from_=[statuses.SCHEDULED])
+
     def status(self, message_id: str) -> dict[str, Any]:
         """The message's record (CONTRACT.md). Raises NotFoundError for an unknown id."""
         return self.store.record(message_id)
+
+    def bulk_update(self, profile_id: str, numbers: Sequence[str], *, assign_only: bool = False) -> dict[str, Any]:
+        """Move ``numbers`` (E.164) to profile ``profile_id`` (``""`` unassigns); returns ``{"id", "status"}``.
+
+        Validated before anything is stored; the worker posts the numbers to Telnyx in chunks and polls until
+        every number has moved or failed (:meth:`bulk_status` shows which).
+        """
+        profile_id, numbers, assign_only = check_request(profile_id, numbers, assign_only)
+        row = BulkUpdates(self.store.engine).insert(profile_id, numbers, assign_only)
+        try:
+            self.actors.enqueue_bulk_update(row["id"])
+        except Exception:
+            log.exception("bulk update %s stored but not enqueued; the scheduler will enqueue it", row["id"])
+        return {"id": row["id"], "status": row["status"]}
+
+    def bulk_status(self, bulk_id: str) -> dict[str, Any]:
+        """The bulk update's record (CONTRACT.md). Raises NotFoundError for an unknown id."""
+        return BulkUpdates(self.store.engine).record(bulk_id)

@@ -25,13 +25,23 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker import sms
+from worker import sms, statuses
 from worker.errors import ValidationError
 from worker.store import NewMessage
 from worker.telnyx.messages import ENDPOINTS
 
+SCHEDULE_MODES = ("local", "telnyx")
+#: How far ahead sendq itself schedules, and how far in the past a send_at may be (clock skew) before it
+#: is refused rather than sent now.
+MAX_HORIZON = timedelta(days=366)
+PAST_TOLERANCE = timedelta(seconds=60)
+#: Telnyx-side scheduling window (POST /messages/schedule).
+TELNYX_SCHEDULE_MIN = timedelta(minutes=5)
+TELNYX_SCHEDULE_MAX = timedelta(days=5)
+MAX_VALID_FOR_S = 366 * 24 * 3600
 KINDS = ("auto", "long_code", "short_code", "alphanumeric", "number_pool", "group_mms", "whatsapp")
 PRIORITIES = ("urgent", "normal", "bulk")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -56,6 +66,12 @@ class SendRequest:
     idempotency_key: str | None = None
     #: A complete WhatsApp message object (templates, locations, ...), instead of text or media.
     whatsapp_message: Mapping[str, Any] | None = None
+    #: When to send (aware datetime or ISO-8601 with an offset); None sends now.
+    send_at: datetime | str | None = None
+    #: Seconds the message stays worth sending, from ``send_at`` (or now); then it ends ``expired``.
+    valid_for: int | None = None
+    #: ``local``: sendq holds the message until due; ``telnyx``: Telnyx holds it (5 minutes to 5 days ahead).
+    schedule_mode: str = "local"
 
 
 def _check_choice(field: str, value: str, choices: Sequence[str]) -> None:
@@ -179,8 +195,52 @@ def _body(kind: str, request: SendRequest, recipients: list[str], profile: str |
     return body
 
 
-def validate(request: SendRequest, *, webhook_url: str | None = None) -> NewMessage:
-    """A storable message for ``request``; raises :class:`ValidationError` naming the first bad field."""
+def parse_send_at(value: datetime | str | None, now: datetime) -> datetime | None:
+    """``send_at`` as an aware UTC datetime (None for now); naive times are refused, not guessed."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError("send_at", f"not an ISO-8601 date-time: {value!r}") from None
+    if value.tzinfo is None:
+        raise ValidationError("send_at", "give a UTC offset (e.g. 2026-12-01T09:00:00+01:00 or ...Z)")
+    value = value.astimezone(UTC)
+    if value < now - PAST_TOLERANCE:
+        raise ValidationError("send_at", f"{value.isoformat()} is in the past")
+    if value > now + MAX_HORIZON:
+        raise ValidationError("send_at", "at most a year ahead")
+    return value
+
+
+def _schedule(request: SendRequest, kind: str, send_at: datetime | None, now: datetime) -> str:
+    """The endpoint for Telnyx-side scheduling, after checking Telnyx's window; '' for local scheduling."""
+    _check_choice("schedule_mode", request.schedule_mode, SCHEDULE_MODES)
+    if request.schedule_mode == "local":
+        return ""
+    if send_at is None or not TELNYX_SCHEDULE_MIN <= send_at - now <= TELNYX_SCHEDULE_MAX:
+        raise ValidationError("send_at", "Telnyx-side scheduling needs send_at 5 minutes to 5 days ahead")
+    if kind in ("group_mms", "whatsapp"):
+        raise ValidationError("schedule_mode", f"Telnyx cannot schedule {kind} messages; use local scheduling")
+    return ENDPOINTS["schedule"]
+
+
+def _valid_until(valid_for: int | None, start: datetime) -> datetime | None:
+    if valid_for is None:
+        return None
+    if not isinstance(valid_for, int) or not 1 <= valid_for <= MAX_VALID_FOR_S:
+        raise ValidationError("valid_for", f"whole seconds from 1 to {MAX_VALID_FOR_S} (got {valid_for!r})")
+    return start + timedelta(seconds=valid_for)
+
+
+def validate(request: SendRequest, *, webhook_url: str | None = None, urgent_valid_for_s: int | None = None,
+             now: datetime | None = None) -> NewMessage:
+    """A storable message for ``request``; raises :class:`ValidationError` naming the first bad field.
+
+    Urgent messages without a ``valid_for`` get ``urgent_valid_for_s``: a late 2FA code is not sent at all.
+    """
+    now = now or datetime.now(UTC)
     _check_choice("kind", request.kind, KINDS)
     _check_choice("priority", request.priority, PRIORITIES)
     if request.idempotency_key is not None and not IDEMPOTENCY_KEY.match(request.idempotency_key):
@@ -192,10 +252,21 @@ def validate(request: SendRequest, *, webhook_url: str | None = None) -> NewMess
     text = _check_text(request.text, media, whatsapp=kind == "whatsapp")
     if kind == "alphanumeric" and media:
         raise ValidationError("media", "alphanumeric senders can send SMS only")
+    send_at = parse_send_at(request.send_at, now)
+    telnyx_schedule = _schedule(request, kind, send_at, now)
+    valid_for = request.valid_for
+    if valid_for is None and request.priority == "urgent":
+        valid_for = urgent_valid_for_s
+    valid_until = _valid_until(valid_for, max(send_at or now, now))
     body = _body(kind, request, recipients, profile, text, media)
     if webhook_url:
         body["webhook_url"] = webhook_url
+    if telnyx_schedule:
+        body["send_at"] = send_at.isoformat()  # type: ignore[union-attr]
+    held = send_at is not None and send_at > now and not telnyx_schedule
     return NewMessage(
-        kind=kind, priority=request.priority, recipients=recipients, endpoint=_endpoint(kind, request.from_),
-        body=body, sender=request.from_, messaging_profile_id=profile, idempotency_key=request.idempotency_key,
+        kind=kind, priority=request.priority, recipients=recipients,
+        endpoint=telnyx_schedule or _endpoint(kind, request.from_), body=body, sender=request.from_,
+        messaging_profile_id=profile, idempotency_key=request.idempotency_key,
+        status=statuses.SCHEDULED if held else statuses.QUEUED, send_at=send_at, valid_until=valid_until,
     )

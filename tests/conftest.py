@@ -8,6 +8,7 @@ test gets its own Redis namespace, so tests never see each other's queues and no
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
 from worker.pool import start_worker
+from worker.scheduler import Scheduler
 from worker.services import Services
 from worker.serving import ServerThread, free_port
 from worker.settings import Settings
@@ -152,3 +154,16 @@ def stack(base_settings: Settings, simulator: Simulator) -> Iterator[Stack]:
             worker.stop()
             actors.broker.close()
             services.close()
+
+
+@pytest.fixture
+def scheduler(stack: Stack) -> Iterator[Scheduler]:
+    """``sendq scheduler``'s loop running beside the stack, ticking every 50 ms."""
+    settings = stack.settings.model_copy(update={"scheduler_interval_s": 0.05})
+    running = Scheduler(settings, stack.services.store, stack.actors)
+    stop = threading.Event()
+    thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
+    thread.start()
+    yield running
+    stop.set()
+    thread.join(5)

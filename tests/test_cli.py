@@ -39,7 +39,8 @@ def sendq(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Co
 def test_the_console_script_is_installed_and_every_command_has_help():
     script = shutil.which("sendq", path=str(Path(sys.executable).parent)) or shutil.which("sendq")
     assert script, "the sendq console script is not installed"
-    for command in ("send", "status", "worker", "web", "scheduler", "simulator", "demo", "numbers", "profile"):
+    for command in ("send", "status", "cancel", "worker", "web", "scheduler", "simulator", "demo", "numbers", "profile",
+                    "optouts"):
         done = subprocess.run([script, command, "--help"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert "usage: sendq" in done.stdout

@@ -20,8 +20,8 @@ def test_a_queued_message_without_a_job_is_re_enqueued_and_delivered(stack):
                      .values(updated_at=utcnow() - timedelta(minutes=10)))
     scheduler = Scheduler(stack.settings, stack.services.store, stack.actors)
 
-    assert scheduler.tick() == 1
-    assert scheduler.tick() == 0  # touched: not picked again while its new job runs
+    assert scheduler.requeue_lost() == 1
+    assert scheduler.requeue_lost() == 0  # touched: not picked again while its new job runs
     assert stack.wait_final(row["id"])["status"] == statuses.DELIVERED
 
 
@@ -31,4 +31,4 @@ def test_a_fresh_queued_message_is_left_to_its_job(stack):
         body={"to": "+13125550002", "from": "+13125550001", "text": "fresh"},
     ))
 
-    assert Scheduler(stack.settings, stack.services.store, stack.actors).tick() == 0
+    assert Scheduler(stack.settings, stack.services.store, stack.actors).requeue_lost() == 0

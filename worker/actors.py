@@ -14,6 +14,7 @@ from dramatiq.middleware import CurrentMessage
 
 from worker import metrics
 from worker.broker import DEFAULT, EVENTS, QUEUE_FOR_PRIORITY
+from worker.bulk_updates import run_bulk_update
 from worker.errors import ConfigurationError, NotFoundError
 from worker.events import apply_event
 from worker.sending import send_one
@@ -33,6 +34,9 @@ class Actors:
         self.apply_event = dramatiq.actor(
             self._apply_event, broker=broker, actor_name="apply_event", queue_name=EVENTS,
         )
+        self.bulk_update = dramatiq.actor(
+            self._bulk_update, broker=broker, actor_name="bulk_update", queue_name=DEFAULT,
+        )
 
     @property
     def services(self) -> Services:
@@ -48,6 +52,9 @@ class Actors:
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.apply_event.send(event)
 
+    def enqueue_bulk_update(self, bulk_id: str, *, delay_ms: int | None = None) -> None:
+        self.bulk_update.send_with_options(args=(bulk_id,), delay=delay_ms)
+
     # Actors return None: outcomes live in the store and the metrics, not in a result backend.
 
     def _send_message(self, message_id: str) -> None:
@@ -57,3 +64,9 @@ class Actors:
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         metrics.EVENTS.labels(apply_event(self.services.store, event)).inc()
+
+    def _bulk_update(self, bulk_id: str) -> None:
+        # One step per job; the next poll waits in Redis as a delayed message, not in a sleeping thread.
+        delay = run_bulk_update(self.services, bulk_id)
+        if delay is not None:
+            self.enqueue_bulk_update(bulk_id, delay_ms=int(delay * 1000) or None)

@@ -5,6 +5,7 @@
     SendqError
     ├── ValidationError        bad input: name the field, store nothing, enqueue nothing (CLI exit 2)
     ├── NotFoundError          no message or record with that id
+    ├── ConflictError          valid, but the message's state does not allow it (cancel after sending)
     ├── ConfigurationError     the deployment is missing something (an API key, a public key)
     ├── SignatureError         a webhook failed verification: change nothing (HTTP 401)
     │   └── StaleTimestamp     signed outside the +-300 s tolerance
@@ -36,6 +37,14 @@ class ValidationError(SendqError):
 
 class NotFoundError(SendqError):
     pass
+
+
+class ConflictError(SendqError):
+    """The request is well-formed, but the message is past the point where it could be honoured."""
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ConfigurationError(SendqError):

@@ -32,7 +32,7 @@ STOP_TIMEOUT_MS = 30_000
 
 
 def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int = 8,
-                 idle_poll_ms: int = 1000) -> dramatiq.Worker:
+                 idle_poll_ms: int = 100) -> dramatiq.Worker:
     """Start consuming ``queues`` for ``actors`` (built with services) in this process.
 
     ``idle_poll_ms`` is how often an idle consumer looks at Redis again; it also bounds how long
@@ -50,7 +50,8 @@ def _child_main(settings: Settings, queues: list[str], threads: int) -> None:
         signal.signal(signum, lambda *_: stop.set())
     broker = build_broker(settings)
     services = Services.build(settings)
-    worker = start_worker(Actors(broker, services), queues=queues, threads=threads)
+    worker = start_worker(Actors(broker, services), queues=queues, threads=threads,
+                          idle_poll_ms=settings.worker_poll_ms)
     log.info("worker process ready: queues=%s threads=%d", ",".join(queues), threads)
     stop.wait()
     worker.stop(timeout=STOP_TIMEOUT_MS)

@@ -1,9 +1,12 @@
 """``sendq scheduler``: the periodic loop that keeps the store and the queues in agreement.
 
-The store is the system of record: a message row can outlive its job (Redis restarted without
-persistence, an enqueue that failed after the commit). Each tick re-enqueues ``queued`` messages that
-nobody has touched for ``requeue_after_s``; a duplicate job is harmless, because only one claim of a
-row can succeed.
+Each tick:
+- promotes ``scheduled`` messages due within ``schedule_lookahead_s`` to ``queued`` and enqueues each as a
+  job delayed until its ``send_at``, so a burst due in one second is waiting in Redis when it comes; one
+  conditional UPDATE per batch means two schedulers never promote a message twice;
+- re-enqueues ``queued`` messages nobody has touched for ``requeue_after_s``: the store is the system of
+  record, and a row can outlive its job (Redis restarted without persistence, an enqueue that failed after
+  the commit). A duplicate job is harmless, because only one claim of a row can succeed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import timedelta
 
 from worker import statuses
 from worker.actors import Actors
+from worker.bulk_updates import BulkUpdates
 from worker.settings import Settings
 from worker.store import Store, utcnow
 
@@ -21,13 +25,29 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
+    """Promotes due scheduled messages and re-enqueues messages whose job was lost. Safe to run twice."""
+
     def __init__(self, settings: Settings, store: Store, actors: Actors) -> None:
         self.settings = settings
         self.store = store
         self.actors = actors
 
-    def tick(self) -> int:
-        """One pass; returns how many messages were re-enqueued."""
+    def tick(self) -> dict[str, int]:
+        """One pass of every duty; returns how many messages each moved."""
+        return {"promoted": self.promote_due(), "requeued": self.requeue_lost(),
+                "bulk_requeued": self._requeue_bulk_updates()}
+
+    def promote_due(self) -> int:
+        """Hand messages due within the lookahead to the queue, each delayed until its ``send_at``."""
+        now = utcnow()
+        moved = self.store.promote_due(now + timedelta(seconds=self.settings.schedule_lookahead_s))
+        for message in moved:
+            delay_ms = max(0, int((message["send_at"] - now).total_seconds() * 1000))
+            self.actors.enqueue_send(message["id"], message["priority"], delay_ms=delay_ms or None)
+        return len(moved)
+
+    def requeue_lost(self) -> int:
+        """Re-enqueue ``queued`` messages nobody touched for ``requeue_after_s`` (their job may be gone)."""
         cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_s)
         requeued = 0
         for message_id in self.store.stale(statuses.QUEUED, cutoff):
@@ -37,6 +57,17 @@ class Scheduler:
         if requeued:
             log.info("re-enqueued %d queued messages that had no job", requeued)
         return requeued
+
+    def _requeue_bulk_updates(self) -> int:
+        """Re-enqueue bulk updates in progress that no job touched for ``requeue_after_s`` (their job was lost)."""
+        updates = BulkUpdates(self.store.engine)
+        cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_s)
+        requeued = [bulk_id for bulk_id in updates.stale(cutoff) if updates.touch(bulk_id, cutoff)]
+        for bulk_id in requeued:
+            self.actors.enqueue_bulk_update(bulk_id)
+        if requeued:
+            log.info("re-enqueued %d bulk updates that had no job", len(requeued))
+        return len(requeued)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

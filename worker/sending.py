@@ -13,6 +13,8 @@ from worker import metrics, statuses
 from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable
 from worker.events import apply_pending
 from worker.services import Services
+from worker.store import Store
+from worker.telnyx.messages import ENDPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     store = services.store
     row = store.claim(message_id)
     if row is None:
+        if store.expire(message_id):
+            metrics.MESSAGES.labels(statuses.EXPIRED, *_labels(store, message_id)).inc()
+            return statuses.EXPIRED
         return SKIPPED
     try:
         data = services.telnyx.messages.send(row["endpoint"], row["body"], idempotency_key=row["id"])
@@ -45,11 +50,18 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
         _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, unavailable)
         raise unavailable from exc
 
-    store.transition(message_id, statuses.SUBMITTED, from_=[statuses.SENDING],
+    # Telnyx-side scheduling answers with a message Telnyx holds until send_at: it stays `scheduled`.
+    status = statuses.SCHEDULED if row["endpoint"] == ENDPOINTS["schedule"] else statuses.SUBMITTED
+    store.transition(message_id, status, from_=[statuses.SENDING],
                      values={"telnyx_id": telnyx_id, "parts": data.get("parts"), "cost": data.get("cost")})
-    metrics.MESSAGES.labels(statuses.SUBMITTED, row["kind"], row["priority"]).inc()
+    metrics.MESSAGES.labels(status, row["kind"], row["priority"]).inc()
     apply_pending(store, message_id, telnyx_id)
-    return statuses.SUBMITTED
+    return status
+
+
+def _labels(store: Store, message_id: str) -> tuple[str, str]:
+    row = store.row(message_id)
+    return row["kind"], row["priority"]
 
 
 def _finish(services: Services, row: dict, status: str, exc: TelnyxError) -> str:

@@ -53,10 +53,19 @@ class Settings(BaseSettings):
     send_max_retries: int = 5
     send_min_backoff_ms: int = 1_000
     send_max_backoff_ms: int = 300_000
+    #: Numbers per ``POST /messaging_numbers_bulk_updates`` order; a longer bulk update is posted as several orders.
+    bulk_chunk_size: int = Field(default=500, ge=1)
 
     #: A `queued` message untouched this long is re-enqueued by the scheduler (its job may be lost).
     requeue_after_s: int = 300
-    scheduler_interval_s: float = 1.0
+    scheduler_interval_s: float = 0.5
+    #: Scheduled messages are handed to the queue this long before they are due, as delayed jobs, so that
+    #: a burst due in the same second is already in Redis when its second comes.
+    schedule_lookahead_s: float = 2.0
+    #: Validity of urgent messages that name none (a 2FA code is worthless after a few minutes).
+    urgent_valid_for_s: int = 600
+    #: How often an idle worker asks Redis for new jobs; it bounds the pickup latency of a quiet queue.
+    worker_poll_ms: int = 100
 
     log_level: str = "INFO"
     #: prometheus_client's own switch: every process writes samples here and /metrics aggregates them.

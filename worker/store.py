@@ -68,6 +68,7 @@ messages = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_messages_status_updated", "status", "updated_at"),
+    sa.Index("ix_messages_status_send_at", "status", "send_at"),
 )
 
 history = sa.Table(
@@ -94,6 +95,34 @@ events = sa.Table(
 )
 
 
+bulk_updates = sa.Table(
+    "bulk_updates",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    #: A UUID, or "" to unassign the numbers from any profile.
+    sa.Column("messaging_profile_id", sa.String(64), nullable=False),
+    sa.Column("numbers", sa.JSON, nullable=False),
+    sa.Column("assign_only", sa.Boolean, nullable=False, default=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    #: How many of ``numbers`` (from the start) have been posted; the next chunk starts here.
+    sa.Column("posted", sa.Integer, nullable=False, default=0),
+    #: One Telnyx order per chunk posted, in posting order.
+    sa.Column("order_ids", sa.JSON, nullable=False, default=list),
+    #: Orders that still had pending numbers at the last look: the ones the next poll asks about.
+    sa.Column("open_orders", sa.JSON, nullable=False, default=list),
+    #: Telnyx's lists, merged over every order.
+    sa.Column("success", sa.JSON, nullable=False, default=list),
+    sa.Column("pending", sa.JSON, nullable=False, default=list),
+    sa.Column("failed", sa.JSON, nullable=False, default=list),
+    sa.Column("polls", sa.Integer, nullable=False, default=0),
+    sa.Column("errors", sa.JSON, nullable=False, default=list),
+    #: No job may run before this: the lease of a running job, or the due time of the next poll.
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False, index=True),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -111,7 +140,9 @@ def create_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping: it would cost a round trip per transaction; a connection lost to a database restart fails
+    # the job, which is retried.
+    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -175,6 +206,10 @@ class Store:
                         raise RuntimeError(f"cannot add required column {table.name}.{column.name} in place")
                     kind = column.type.compile(dialect=self.engine.dialect)
                     conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                indexed = {i["name"] for i in inspector.get_indexes(table.name)}
+                for index in table.indexes:
+                    if index.name not in indexed:
+                        index.create(conn)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -268,27 +303,37 @@ class Store:
         at: datetime | None = None,
         values: Mapping[str, Any] | None = None,
         add_errors: Iterable[Mapping[str, Any]] = (),
+        where: sa.ColumnElement[bool] | None = None,
     ) -> bool:
         """Move a message to ``to`` if it is in one of ``from_`` (default: any status of lower rank).
 
-        One conditional UPDATE decides; ``values`` and ``add_errors`` are written with it and the history
-        row in the same transaction. Returns whether this call made the move.
+        One conditional UPDATE decides (``where`` adds to its condition); ``values`` and ``add_errors`` are
+        written with it and the history row in the same transaction. Returns whether this call made the move.
         """
+        with self.engine.begin() as conn:
+            return self._move(conn, message_id, to, from_=from_, at=at, values=values, add_errors=add_errors,
+                              where=where) is not None
+
+    def _move(self, conn: Connection, message_id: str, to: str, *, from_: Iterable[str] | None = None,
+              at: datetime | None = None, values: Mapping[str, Any] | None = None,
+              add_errors: Iterable[Mapping[str, Any]] = (), where: sa.ColumnElement[bool] | None = None,
+              ) -> dict[str, Any] | None:
+        """The conditional UPDATE behind every status change; the moved row, or None if it did not move."""
         allowed = statuses.lower_than(to) if from_ is None else frozenset(from_)
         now = utcnow()
-        with self.engine.begin() as conn:
-            moved = conn.execute(
-                messages.update()
-                .where(messages.c.id == message_id, messages.c.status.in_(sorted(allowed)))
-                .values(status=to, updated_at=now, **(values or {}))
-            ).rowcount
-            if moved != 1:
-                return False
-            conn.execute(history.insert().values(message_id=message_id, status=to, at=at or now))
-            extra = [dict(e) for e in add_errors]
-            if extra:
-                self._append_errors(conn, message_id, extra)
-        return True
+        condition = sa.and_(messages.c.id == message_id, messages.c.status.in_(sorted(allowed)),
+                            where if where is not None else sa.true())
+        moved = conn.execute(
+            messages.update().where(condition).values(status=to, updated_at=now, **(values or {}))
+            .returning(*messages.c)
+        ).mappings().first()
+        if moved is None:
+            return None
+        conn.execute(history.insert().values(message_id=message_id, status=to, at=at or now))
+        extra = [dict(e) for e in add_errors]
+        if extra:
+            self._append_errors(conn, message_id, extra)
+        return dict(moved)
 
     def add_errors(self, message_id: str, errors: Iterable[Mapping[str, Any]]) -> None:
         with self.engine.begin() as conn:
@@ -320,11 +365,44 @@ class Store:
         return current
 
     def claim(self, message_id: str) -> dict[str, Any] | None:
-        """``queued`` -> ``sending``, counting the attempt. None when another worker (or nobody) may send."""
-        if not self.transition(message_id, statuses.SENDING, from_=[statuses.QUEUED],
-                               values={"attempts": messages.c.attempts + 1}):
-            return None
-        return self.row(message_id)
+        """``queued`` -> ``sending``, counting the attempt, unless the message is no longer valid.
+
+        None when another worker claimed it, it was cancelled, or its ``valid_until`` has passed.
+        """
+        still_valid = sa.or_(messages.c.valid_until.is_(None), messages.c.valid_until > utcnow())
+        with self.engine.begin() as conn:
+            return self._move(conn, message_id, statuses.SENDING, from_=[statuses.QUEUED], where=still_valid,
+                              values={"attempts": messages.c.attempts + 1})
+
+    def expire(self, message_id: str) -> bool:
+        """``queued`` -> ``expired`` for a message whose ``valid_until`` has passed; never sent."""
+        return self.transition(message_id, statuses.EXPIRED, from_=[statuses.QUEUED],
+                               where=messages.c.valid_until <= utcnow())
+
+    def promote_due(self, until: datetime, limit: int = 5000) -> list[dict[str, Any]]:
+        """``scheduled`` -> ``queued`` for locally scheduled messages due by ``until``; returns those moved.
+
+        The UPDATE re-checks the status, so two schedulers promoting at once never move a message twice.
+        """
+        now = utcnow()
+        due = (sa.select(messages.c.id)
+               .where(messages.c.status == statuses.SCHEDULED, messages.c.telnyx_id.is_(None),
+                      messages.c.send_at <= until)
+               .order_by(messages.c.send_at).limit(limit))
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return []
+            moved = [dict(r) for r in conn.execute(
+                messages.update()
+                .where(messages.c.id.in_(ids), messages.c.status == statuses.SCHEDULED)
+                .values(status=statuses.QUEUED, updated_at=now)
+                .returning(messages.c.id, messages.c.priority, messages.c.send_at)
+            ).mappings()]
+            if moved:
+                conn.execute(history.insert(), [{"message_id": m["id"], "status": statuses.QUEUED, "at": now}
+                                                for m in moved])
+        return moved
 
     def stale(self, status: str, older_than: datetime, limit: int = 1000) -> list[str]:
         """Ids of messages in ``status`` not updated since ``older_than``, oldest first."""

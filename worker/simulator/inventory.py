@@ -193,6 +193,12 @@ class NumberBook:
             del order.pending[:due]
             return order.view()
 
+    def orders(self) -> list[dict[str, Any]]:
+        """Every bulk order so far, oldest first, with the numbers it was given (``numbers``) and its polls."""
+        with self._lock:
+            return [{**o.view(), "numbers": [*o.success, *o.pending, *o.failed], "messaging_profile_id": o.profile_id,
+                     "polls": o.polls} for o in sorted(self._orders.values(), key=lambda o: o.started)]
+
     def _settle(self, order: BulkOrder, number: str) -> None:
         held = self.owner(number)
         if held is None:  # released since the order started

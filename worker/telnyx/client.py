@@ -53,3 +53,9 @@ class TelnyxClient:
 
     def close(self) -> None:
         self.http.close()
+
+    def __enter__(self) -> TelnyxClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

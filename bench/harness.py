@@ -1,0 +1,71 @@
+"""What every benchmark needs: isolated settings on real services, and sendq's processes as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+
+from worker.embedded import resolve_redis
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fresh_settings(tmp: str, **overrides: Any) -> Settings:
+    """Settings on ``REDIS_URL`` / ``DATABASE_URL`` when set (new namespace, new PostgreSQL schema), else an
+    embedded Redis and SQLite under ``tmp``."""
+    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp}/bench.db"
+    if database_url.startswith(("postgresql", "postgres")):
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        engine.dispose()
+        database_url += ("&" if "?" in database_url else "?") + f"options=-csearch_path%3D{schema}"
+    settings = Settings(database_url=database_url, namespace=f"bench-{uuid.uuid4().hex[:8]}",
+                        telnyx_api_key="KEY-bench", embedded_redis_path=f"{tmp}/redis.db", **overrides)
+    settings, _embedded = resolve_redis(settings)
+    return settings
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The environment that makes a sendq subprocess use ``settings``."""
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "DATABASE_URL": settings.database_url,
+           "SENDQ_NAMESPACE": settings.namespace, "TELNYX_BASE_URL": settings.telnyx_base_url,
+           "TELNYX_API_KEY": settings.api_key() or "", "SENDQ_LOG_LEVEL": "WARNING"}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if name.startswith(("scheduler_", "schedule_", "worker_", "send_", "http_", "rate_", "account_")):
+            env[f"SENDQ_{name.upper()}"] = str(value)
+    return env
+
+
+class Processes:
+    """``with Processes(settings, ["worker", ...], ["scheduler"]):`` runs those sendq commands meanwhile."""
+
+    def __init__(self, settings: Settings, *commands: list[str]) -> None:
+        self.env = environment(settings)
+        self.commands = commands
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Processes:
+        for command in self.commands:
+            self.running.append(subprocess.Popen([sys.executable, "-m", "producers.cli", *command], env=self.env,
+                                                 cwd=ROOT, stdout=subprocess.DEVNULL))
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        for proc in self.running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.running:
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
