@@ -69,3 +69,25 @@ class Processes:
                 proc.wait(40)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def free_port() -> int:
+    from worker.serving import free_port as pick
+
+    return pick()
+
+
+def wait_http(url: str, timeout_s: float = 30) -> None:
+    """Return once ``url`` answers; raise if it never does."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} never answered")

@@ -2,12 +2,13 @@
 
 SQLite by default, PostgreSQL through psycopg 3 in production. A message row is written before its job is
 enqueued (a transactional outbox): a job lost in Redis is found again from here, and a duplicate job finds
-the row already claimed. Every status change is a conditional UPDATE that follows :mod:`worker.statuses`,
-recorded in ``message_history`` in the same transaction.
+the row already claimed. Every status change is a conditional UPDATE that follows :mod:`worker.statuses`;
+a trigger records it in ``message_history`` within the same statement.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ messages = sa.Table(
     sa.Column("endpoint", sa.String(64), nullable=False),
     sa.Column("body", sa.JSON, nullable=False),
     sa.Column("status", sa.String(24), nullable=False, index=True),
+    #: When the current status was reached, as history should show it (a webhook's occurred_at, say); the
+    #: history trigger copies it.
+    sa.Column("status_at", UTCDateTime),
     sa.Column("telnyx_id", sa.String(64), unique=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("errors", sa.JSON, nullable=False, default=list),
@@ -123,6 +127,64 @@ bulk_updates = sa.Table(
 )
 
 
+#: Extra tests a status change can require, by name, evaluated at the change's own ``_now``.
+CONDITIONS: dict[str, sa.ColumnElement[bool]] = {
+    "still_valid": sa.or_(messages.c.valid_until.is_(None), messages.c.valid_until > sa.bindparam("_now")),
+    "past_validity": messages.c.valid_until <= sa.bindparam("_now"),
+}
+#: What a status change hands back: enough to send the message (a whole row costs more to describe than to fetch).
+_MOVED_COLUMNS = [messages.c[name] for name in ("id", "status", "kind", "priority", "endpoint", "body",
+                                                  "attempts", "valid_until", "send_at", "telnyx_id")]
+_ROW_SELECT = messages.select().where(messages.c.id == sa.bindparam("_id"))
+_ID_BY_TELNYX_ID = sa.select(messages.c.id).where(messages.c.telnyx_id == sa.bindparam("telnyx_id"))
+_PENDING_EVENTS = (sa.select(events.c.event_id, events.c.body)
+                   .where(events.c.telnyx_id == sa.bindparam("telnyx_id"), events.c.applied_at.is_(None))
+                   .order_by(events.c.occurred_at))
+
+
+@functools.lru_cache(maxsize=512)
+def _move_statement(to: str, allowed: frozenset[str], value_keys: tuple[str, ...], condition: str | None,
+                    count_attempt: bool) -> sa.Update:
+    """The UPDATE for one kind of status change, built once: building SQLAlchemy expressions per call cost
+    more CPU than running them."""
+    tests = [messages.c.id == sa.bindparam("_id"), messages.c.status.in_(sorted(allowed))]
+    if condition is not None:
+        tests.append(CONDITIONS[condition])
+    values: dict[str, Any] = {key: sa.bindparam(key) for key in value_keys}
+    if count_attempt:
+        values["attempts"] = messages.c.attempts + 1
+    return (messages.update().where(*tests)
+            .values(status=to, status_at=sa.bindparam("_at"), updated_at=sa.bindparam("_now"), **values)
+            .returning(*_MOVED_COLUMNS))
+
+
+#: Every status a message takes is appended to message_history by the database itself, in the statement that
+#: changes it: one round trip per status change instead of three, and no code path can skip the history.
+HISTORY_TRIGGERS = {
+    "postgresql": [
+        """CREATE OR REPLACE FUNCTION sendq_message_history() RETURNS trigger AS $$
+           BEGIN
+             INSERT INTO message_history (message_id, status, at)
+             VALUES (NEW.id, NEW.status, COALESCE(NEW.status_at, NEW.updated_at));
+             RETURN NULL;
+           END $$ LANGUAGE plpgsql""",
+        """CREATE OR REPLACE TRIGGER messages_history_insert AFTER INSERT ON messages
+           FOR EACH ROW EXECUTE FUNCTION sendq_message_history()""",
+        """CREATE OR REPLACE TRIGGER messages_history_update AFTER UPDATE OF status ON messages
+           FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION sendq_message_history()""",
+    ],
+    "sqlite": [
+        """CREATE TRIGGER IF NOT EXISTS messages_history_insert AFTER INSERT ON messages BEGIN
+             INSERT INTO message_history (message_id, status, at)
+             VALUES (NEW.id, NEW.status, COALESCE(NEW.status_at, NEW.updated_at)); END""",
+        """CREATE TRIGGER IF NOT EXISTS messages_history_update AFTER UPDATE OF status ON messages
+           WHEN OLD.status IS NOT NEW.status BEGIN
+             INSERT INTO message_history (message_id, status, at)
+             VALUES (NEW.id, NEW.status, COALESCE(NEW.status_at, NEW.updated_at)); END""",
+    ],
+}
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -131,18 +193,18 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def create_engine(url: str) -> Engine:
+def create_engine(url: str, **options: Any) -> Engine:
     """An engine for ``url``; ``postgresql://`` URLs are routed to psycopg 3."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix):]
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping: it would cost a round trip per transaction; a connection lost to a database restart fails
     # the job, which is retried.
-    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, **options)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -179,12 +241,14 @@ class NewMessage:
 class Store:
     """Messages, their history and Telnyx events in one SQL database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reader: Engine | None = None) -> None:
         self.engine = engine
+        #: Single-statement reads go through an autocommit pool: no BEGIN and ROLLBACK round trips around them.
+        self.reader = reader or engine
 
     @classmethod
     def from_url(cls, url: str) -> Store:
-        store = cls(create_engine(url))
+        store = cls(create_engine(url), create_engine(url, isolation_level="AUTOCOMMIT"))
         store.create_schema()
         return store
 
@@ -210,13 +274,16 @@ class Store:
                 for index in table.indexes:
                     if index.name not in indexed:
                         index.create(conn)
+            for statement in HISTORY_TRIGGERS[self.engine.dialect.name]:
+                conn.execute(sa.text(statement))
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()
+        self.reader.dispose()
 
     # -- messages -------------------------------------------------------------------------------------
 
@@ -232,12 +299,11 @@ class Store:
             "priority": new.priority, "sender": new.sender, "messaging_profile_id": new.messaging_profile_id,
             "recipients": new.recipients, "endpoint": new.endpoint, "body": new.body, "status": new.status,
             "attempts": 0, "errors": [], "send_at": new.send_at, "valid_until": new.valid_until,
-            "created_at": now, "updated_at": now,
+            "status_at": now, "created_at": now, "updated_at": now,
         }
         try:
             with self.engine.begin() as conn:
                 conn.execute(messages.insert().values(**row))
-                conn.execute(history.insert().values(message_id=new.id, status=new.status, at=now))
         except sa.exc.IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -248,24 +314,24 @@ class Store:
         return row, True
 
     def row(self, message_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            found = conn.execute(messages.select().where(messages.c.id == message_id)).mappings().first()
+        with self.reader.connect() as conn:
+            found = conn.execute(_ROW_SELECT, {"_id": message_id}).mappings().first()
         if found is None:
             raise NotFoundError(f"no message with id {message_id!r}")
         return dict(found)
 
     def row_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             found = conn.execute(messages.select().where(messages.c.idempotency_key == key)).mappings().first()
         return dict(found) if found else None
 
     def id_by_telnyx_id(self, telnyx_id: str) -> str | None:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(messages.c.id).where(messages.c.telnyx_id == telnyx_id)).scalar()
+        with self.reader.connect() as conn:
+            return conn.execute(_ID_BY_TELNYX_ID, {"telnyx_id": telnyx_id}).scalar()
 
     def history(self, message_id: str) -> list[dict[str, Any]]:
         query = sa.select(history.c.status, history.c.at).where(history.c.message_id == message_id)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(query.order_by(history.c.seq)).mappings()]
 
     def record(self, message_id: str) -> dict[str, Any]:
@@ -303,33 +369,33 @@ class Store:
         at: datetime | None = None,
         values: Mapping[str, Any] | None = None,
         add_errors: Iterable[Mapping[str, Any]] = (),
-        where: sa.ColumnElement[bool] | None = None,
+        condition: str | None = None,
     ) -> bool:
         """Move a message to ``to`` if it is in one of ``from_`` (default: any status of lower rank).
 
-        One conditional UPDATE decides (``where`` adds to its condition); ``values`` and ``add_errors`` are
-        written with it and the history row in the same transaction. Returns whether this call made the move.
+        One conditional UPDATE decides (``condition`` names an extra test from :data:`CONDITIONS`); ``values``
+        and ``add_errors`` are written with it and the history row in the same transaction. Returns whether
+        this call made the move.
         """
-        with self.engine.begin() as conn:
+        add_errors = list(add_errors)
+        # Without errors to merge the change is one statement: autocommit makes it one round trip.
+        connection = self.engine.begin() if add_errors else self.reader.connect()
+        with connection as conn:
             return self._move(conn, message_id, to, from_=from_, at=at, values=values, add_errors=add_errors,
-                              where=where) is not None
+                              condition=condition) is not None
 
     def _move(self, conn: Connection, message_id: str, to: str, *, from_: Iterable[str] | None = None,
               at: datetime | None = None, values: Mapping[str, Any] | None = None,
-              add_errors: Iterable[Mapping[str, Any]] = (), where: sa.ColumnElement[bool] | None = None,
-              ) -> dict[str, Any] | None:
+              add_errors: Iterable[Mapping[str, Any]] = (), condition: str | None = None,
+              count_attempt: bool = False) -> dict[str, Any] | None:
         """The conditional UPDATE behind every status change; the moved row, or None if it did not move."""
         allowed = statuses.lower_than(to) if from_ is None else frozenset(from_)
+        values = dict(values or {})
+        statement = _move_statement(to, allowed, tuple(sorted(values)), condition, count_attempt)
         now = utcnow()
-        condition = sa.and_(messages.c.id == message_id, messages.c.status.in_(sorted(allowed)),
-                            where if where is not None else sa.true())
-        moved = conn.execute(
-            messages.update().where(condition).values(status=to, updated_at=now, **(values or {}))
-            .returning(*messages.c)
-        ).mappings().first()
+        moved = conn.execute(statement, {"_id": message_id, "_now": now, "_at": at or now, **values}).mappings().first()
         if moved is None:
             return None
-        conn.execute(history.insert().values(message_id=message_id, status=to, at=at or now))
         extra = [dict(e) for e in add_errors]
         if extra:
             self._append_errors(conn, message_id, extra)
@@ -369,15 +435,13 @@ class Store:
 
         None when another worker claimed it, it was cancelled, or its ``valid_until`` has passed.
         """
-        still_valid = sa.or_(messages.c.valid_until.is_(None), messages.c.valid_until > utcnow())
-        with self.engine.begin() as conn:
-            return self._move(conn, message_id, statuses.SENDING, from_=[statuses.QUEUED], where=still_valid,
-                              values={"attempts": messages.c.attempts + 1})
+        with self.reader.connect() as conn:
+            return self._move(conn, message_id, statuses.SENDING, from_=[statuses.QUEUED], condition="still_valid",
+                              count_attempt=True)
 
     def expire(self, message_id: str) -> bool:
         """``queued`` -> ``expired`` for a message whose ``valid_until`` has passed; never sent."""
-        return self.transition(message_id, statuses.EXPIRED, from_=[statuses.QUEUED],
-                               where=messages.c.valid_until <= utcnow())
+        return self.transition(message_id, statuses.EXPIRED, from_=[statuses.QUEUED], condition="past_validity")
 
     def promote_due(self, until: datetime, limit: int = 5000) -> list[dict[str, Any]]:
         """``scheduled`` -> ``queued`` for locally scheduled messages due by ``until``; returns those moved.
@@ -396,12 +460,9 @@ class Store:
             moved = [dict(r) for r in conn.execute(
                 messages.update()
                 .where(messages.c.id.in_(ids), messages.c.status == statuses.SCHEDULED)
-                .values(status=statuses.QUEUED, updated_at=now)
+                .values(status=statuses.QUEUED, status_at=now, updated_at=now)
                 .returning(messages.c.id, messages.c.priority, messages.c.send_at)
             ).mappings()]
-            if moved:
-                conn.execute(history.insert(), [{"message_id": m["id"], "status": statuses.QUEUED, "at": now}
-                                                for m in moved])
         return moved
 
     def stale(self, status: str, older_than: datetime, limit: int = 1000) -> list[str]:
@@ -412,7 +473,7 @@ class Store:
             .order_by(messages.c.updated_at)
             .limit(limit)
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return list(conn.execute(query).scalars())
 
     def touch(self, message_id: str, status: str) -> bool:
@@ -440,20 +501,15 @@ class Store:
         return True
 
     def event_applied(self, event_id: str) -> bool:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(
                 sa.select(events.c.applied_at).where(events.c.event_id == event_id)
             ).scalar() is not None
 
     def pending_events(self, telnyx_id: str) -> Iterator[dict[str, Any]]:
         """Events for ``telnyx_id`` not applied yet, oldest first."""
-        query = (
-            sa.select(events.c.event_id, events.c.body)
-            .where(events.c.telnyx_id == telnyx_id, events.c.applied_at.is_(None))
-            .order_by(events.c.occurred_at)
-        )
-        with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(query).mappings()]
+        with self.reader.connect() as conn:
+            rows = [dict(r) for r in conn.execute(_PENDING_EVENTS, {"telnyx_id": telnyx_id}).mappings()]
         yield from rows
 
     def mark_applied(self, event_id: str) -> None:

@@ -24,6 +24,12 @@ def routes(sim: Simulator) -> list[Route]:
             for m in list(sim.state.messages.values())
         ]})
 
+    async def stats(request: Request) -> Response:
+        """Cheap counts for benchmarks that poll while thousands of messages arrive."""
+        found = list(sim.state.messages.values())
+        return JSONResponse({"messages": len(found),
+                             "idempotency_keys": len({m.idempotency_key for m in found if m.idempotency_key})})
+
     async def arrivals(request: Request) -> Response:
         sender = request.query_params.get("from")
         return JSONResponse({"data": [a for a in list(sim.state.arrivals) if sender in (None, a["from"])]})
@@ -38,6 +44,7 @@ def routes(sim: Simulator) -> list[Route]:
     return [
         Route("/_sim/public_key", public_key, methods=["GET"]),
         Route("/_sim/messages", messages, methods=["GET"]),
+        Route("/_sim/stats", stats, methods=["GET"]),
         Route("/_sim/arrivals", arrivals, methods=["GET"]),
         Route("/_sim/webhooks", webhooks, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
