@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,12 @@ from worker.embedded import resolve_redis
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+#: Limits no benchmark reaches, for the benchmarks whose senders must not be the bottleneck.
+UNBOUND_LIMITS = {"rate_limits": dict.fromkeys(("long_code", "toll_free", "short_code", "alphanumeric", "number_pool"),
+                                               100_000.0),
+                  "account_mps": {"sms": 1_000_000.0, "mms": 1_000_000.0}}
 
 
 def fresh_settings(tmp: str, **overrides: Any) -> Settings:
@@ -42,8 +49,9 @@ def environment(settings: Settings) -> dict[str, str]:
            "SENDQ_NAMESPACE": settings.namespace, "TELNYX_BASE_URL": settings.telnyx_base_url,
            "TELNYX_API_KEY": settings.api_key() or "", "SENDQ_LOG_LEVEL": "WARNING"}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if name.startswith(("scheduler_", "schedule_", "worker_", "send_", "http_", "rate_", "account_")):
-            env[f"SENDQ_{name.upper()}"] = str(value)
+        if name.startswith(("scheduler_", "schedule_", "worker_", "send_", "http_", "rate_", "account_", "limiter_",
+                            "urgent_")):
+            env[f"SENDQ_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
     return env
 
 

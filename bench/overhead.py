@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, Processes, environment, free_port, fresh_settings, wait_http
+from harness import ROOT, UNBOUND_LIMITS, Processes, environment, free_port, fresh_settings, wait_http
 
 from producers.producer import Producer
 from worker.actors import Actors
@@ -113,7 +113,7 @@ def main() -> None:
     try:
         wait_http(f"{sim_url}/_sim/stats")
         with tempfile.TemporaryDirectory() as tmp:
-            settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2")
+            settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2", **UNBOUND_LIMITS)
             results = {"bare": run_bare(settings, sim_url, args), "sendq": run_sendq(settings, sim_url, args)}
     finally:
         simulator.terminate()

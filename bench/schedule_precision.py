@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Processes, fresh_settings
+from harness import UNBOUND_LIMITS, Processes, fresh_settings
 
 from producers.producer import Producer
 from worker.actors import Actors
@@ -72,7 +72,7 @@ def main() -> None:
 
     simulator = Simulator(SimulatorConfig(sent_delay_s=3600))  # no webhooks needed: lateness is at arrival
     with tempfile.TemporaryDirectory() as tmp, ServerThread(create_app(simulator)) as sim:
-        settings = fresh_settings(tmp, telnyx_base_url=f"{sim.url}/v2")
+        settings = fresh_settings(tmp, telnyx_base_url=f"{sim.url}/v2", **UNBOUND_LIMITS)
         store = Store.from_url(settings.database_url)
         producer = Producer(settings, store, Actors(build_broker(settings)))
         senders = [f"+1312600{i:04d}" for i in range(args.senders)]

@@ -120,8 +120,10 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from worker.actors import Actors
     from worker.broker import build_broker
     from worker.embedded import resolve_redis
+    from worker.reconcile import Reconciler
     from worker.scheduler import Scheduler
     from worker.store import Store
+    from worker.telnyx import TelnyxClient
 
     settings, embedded = resolve_redis(_settings())
     stop = threading.Event()
@@ -129,9 +131,14 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     broker = build_broker(settings)
     store = Store.from_url(settings.database_url)
+    # Without an API key the scheduler still runs; the reconciler then only handles stuck sends (it warns).
+    telnyx = TelnyxClient.from_settings(settings) if settings.api_key() else None
+    actors = Actors(broker)
     try:
-        Scheduler(settings, store, Actors(broker)).run(stop)
+        Scheduler(settings, store, actors, Reconciler(settings, store, telnyx, actors)).run(stop)
     finally:
+        if telnyx:
+            telnyx.close()
         broker.close()
         store.close()
         if embedded:
@@ -244,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=DEFAULT_WEB_PORT)
 
-    add("scheduler", cmd_scheduler, "run the periodic loop (re-enqueue messages whose job was lost)")
+    add("scheduler", cmd_scheduler, "run the periodic loop: scheduled messages, lost jobs, reconciliation")
 
     sim = add("simulator", cmd_simulator, "run the local Telnyx API simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -286,10 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("demo", cmd_demo, "run everything on embedded defaults against the simulator and send a batch")
 
-    from producers import bulk_cli, ops_cli
+    from producers import bulk_cli, dlq_cli, limits_cli, ops_cli
 
     bulk_cli.register(add)
     ops_cli.register(sub, add)
+    limits_cli.register(add)
+    dlq_cli.register(add)
     return parser
 
 

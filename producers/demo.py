@@ -62,8 +62,9 @@ def _running(settings: Settings, simulator: Simulator) -> Iterator[Producer]:
     """Web receiver, worker and scheduler for ``settings``; yields a producer on the same store."""
     web_port = int(settings.webhook_url.rsplit(":", 1)[1].split("/")[0])  # type: ignore[union-attr]
     with ServerThread(create_web_app(settings), port=web_port):
-        services = Services.build(settings)
-        actors = Actors(build_broker(settings), services)
+        broker = build_broker(settings)
+        services = Services.build(settings, redis_client=broker.client)
+        actors = Actors(broker, services)
         worker = start_worker(actors, threads=8)
         stop = threading.Event()
         scheduler = threading.Thread(target=Scheduler(settings, services.store, actors).run, args=(stop,))

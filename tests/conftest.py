@@ -35,6 +35,7 @@ from worker.store import Store
 from worker.web import create_app as create_web_app
 
 POSTGRES_PREFIXES = ("postgresql", "postgres")
+UNLIMITED_TYPES = ("long_code", "toll_free", "short_code", "alphanumeric", "number_pool")
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +89,11 @@ def namespace(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def base_settings(redis_url: str, database_url: str, namespace: str) -> Settings:
+    # Rate limits far above anything a test sends, except where a test sets its own.
     return Settings(redis_url=redis_url, database_url=database_url, namespace=namespace,
-                    telnyx_api_key="KEY-test", send_min_backoff_ms=50, send_max_backoff_ms=200)
+                    telnyx_api_key="KEY-test", send_min_backoff_ms=50, send_max_backoff_ms=200,
+                    rate_limits=dict.fromkeys(UNLIMITED_TYPES, 10_000.0),
+                    account_mps={"sms": 100_000.0, "mms": 100_000.0})
 
 
 @pytest.fixture
@@ -145,8 +149,9 @@ def stack(base_settings: Settings, simulator: Simulator) -> Iterator[Stack]:
         "webhook_url": f"http://127.0.0.1:{web_port}/webhooks/telnyx",
     })
     with ServerThread(create_web_app(settings), port=web_port) as web:
-        services = Services.build(settings)
-        actors = Actors(build_broker(settings), services)
+        broker = build_broker(settings)
+        services = Services.build(settings, redis_client=broker.client)
+        actors = Actors(broker, services)
         worker = start_worker(actors, threads=4, idle_poll_ms=100)
         try:
             yield Stack(settings, simulator, services, actors, Producer(settings, services.store, actors), web.url)

@@ -171,7 +171,7 @@ def test_a_refused_request_marks_the_update_failed_with_telnyxs_error(producer, 
 def test_a_duplicate_job_before_the_next_poll_is_due_does_nothing(settings, store, book):
     book.bulk_batch, book.bulk_interval_s = 1, 3600.0
     bulk_id = BulkUpdates(store.engine).insert(SECOND_PROFILE_ID, [MAIN, SPARE], False)["id"]
-    services = Services.build(settings, store)
+    services = Services.build(settings, store=store)
 
     assert run_bulk_update(services, bulk_id) == 1.0  # posted; first poll in a second
     assert run_bulk_update(services, bulk_id) is None  # a duplicate: not due, no request

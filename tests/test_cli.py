@@ -29,6 +29,8 @@ def env(base_settings) -> dict[str, str]:
         "DATABASE_URL": base_settings.database_url,
         "SENDQ_NAMESPACE": base_settings.namespace,
         "TELNYX_API_KEY": "KEY-cli-test",
+        "SENDQ_RATE_LIMITS": json.dumps(base_settings.rate_limits),
+        "SENDQ_ACCOUNT_MPS": json.dumps(base_settings.account_mps),
     }
 
 
@@ -40,7 +42,7 @@ def test_the_console_script_is_installed_and_every_command_has_help():
     script = shutil.which("sendq", path=str(Path(sys.executable).parent)) or shutil.which("sendq")
     assert script, "the sendq console script is not installed"
     for command in ("send", "status", "cancel", "worker", "web", "scheduler", "simulator", "demo", "numbers", "profile",
-                    "optouts"):
+                    "optouts", "limits", "dlq"):
         done = subprocess.run([script, command, "--help"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert "usage: sendq" in done.stdout

@@ -70,16 +70,30 @@ def test_urgent_and_bulk_messages_travel_their_own_queues(stack):
 
 def test_a_telnyx_refusal_ends_rejected_with_the_error_recorded(stack):
     # Telnyx can refuse what the producer let through (a sender not on the profile, say); stored directly
-    # here, because the producer refuses this malformed sender itself.
+    # here, because the producer refuses this malformed recipient itself.
     row, _ = stack.services.store.insert(NewMessage(
-        kind="long_code", priority="normal", recipients=["+13125550002"], endpoint="/messages",
-        body={"to": "+13125550002", "from": "not a sender!", "text": "hi"},
+        kind="long_code", priority="normal", recipients=["12345678"], endpoint="/messages", sender="+13125550001",
+        body={"to": "12345678", "from": "+13125550001", "text": "hi"},
     ))
     stack.actors.enqueue_send(row["id"], "normal")
 
     record = stack.wait_final(row["id"])
 
     assert record["status"] == statuses.REJECTED
-    assert [e["code"] for e in record["errors"]] == ["40305"]
+    assert [e["code"] for e in record["errors"]] == ["40310"]
     assert [h["status"] for h in record["history"]] == ["queued", "sending", "rejected"]
+    assert stack.sim_messages() == []
+
+
+def test_a_stored_message_that_cannot_be_metered_is_rejected_not_retried_forever(stack):
+    row, _ = stack.services.store.insert(NewMessage(
+        kind="long_code", priority="normal", recipients=["+13125550002"], endpoint="/messages",
+        body={"to": "+13125550002", "text": "hi"},  # no sender: no rate limit applies, so it must not go
+    ))
+    stack.actors.enqueue_send(row["id"], "normal")
+
+    record = stack.wait_final(row["id"])
+
+    assert record["status"] == statuses.REJECTED
+    assert record["errors"][0]["code"] == "sendq.invalid"
     assert stack.sim_messages() == []

@@ -92,7 +92,8 @@ def test_cancel_and_a_claiming_worker_race_and_exactly_one_wins(base_settings, s
     settings = base_settings.model_copy(update={"telnyx_base_url": f"{simulator.url}/v2"})
     producer = Producer(settings, store, Actors(build_broker(settings)))
     ids = [producer.send(f"+1312555{i:04d}", from_=FROM, text="race") for i in range(60)]
-    actors = Actors(build_broker(settings), Services.build(settings, store=store))
+    broker = build_broker(settings)
+    actors = Actors(broker, Services.build(settings, redis_client=broker.client, store=store))
     worker = start_worker(actors, threads=4)  # works from the first message while cancels start at the last
     outcomes: dict[str, str] = {}
     try:
@@ -174,8 +175,9 @@ def test_a_message_not_handed_to_telnyx_in_time_expires_unsent(base_settings, si
     message_id = producer.send("+13125550002", from_=FROM, text="2FA 123456", valid_for=1)
     time.sleep(1.2)  # no worker yet: the code goes stale in the queue
 
-    services = Services.build(settings, store=store)
-    actors = Actors(build_broker(settings), services)
+    broker = build_broker(settings)
+    services = Services.build(settings, redis_client=broker.client, store=store)
+    actors = Actors(broker, services)
     worker = start_worker(actors, threads=2)
     try:
         deadline = time.monotonic() + 10

@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
 from worker import metrics
-from worker.broker import DEFAULT, EVENTS, QUEUE_FOR_PRIORITY
+from worker.broker import DEFAULT, EVENTS, PRIORITY_FOR_QUEUE, QUEUE_FOR_PRIORITY
 from worker.bulk_updates import run_bulk_update
 from worker.errors import ConfigurationError, NotFoundError
 from worker.events import apply_event
-from worker.sending import send_one
+from worker.sending import Defer, send_one
 from worker.services import Services
 
 
@@ -44,10 +45,13 @@ class Actors:
             raise ConfigurationError("these actors were built to enqueue only")
         return self._services
 
-    def enqueue_send(self, message_id: str, priority: str, *, delay_ms: int | None = None) -> None:
-        """Enqueue ``send_message`` on the queue of ``priority`` (urgent, normal, bulk)."""
-        message = self.send_message.message(message_id).copy(queue_name=QUEUE_FOR_PRIORITY[priority])
-        self.broker.enqueue(message, delay=delay_ms)
+    def enqueue_send(self, message_id: str, priority: str, *, delay_ms: int | None = None, retries: int = 0) -> None:
+        """Enqueue ``send_message`` on the queue of ``priority`` (urgent, normal, bulk).
+
+        ``retries`` carries a deferred job's retry count over, so waiting for a rate slot never spends it.
+        """
+        message = self.send_message.message_with_options(args=(message_id,), retries=retries)
+        self.broker.enqueue(message.copy(queue_name=QUEUE_FOR_PRIORITY[priority]), delay=delay_ms)
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.apply_event.send(event)
@@ -60,7 +64,11 @@ class Actors:
     def _send_message(self, message_id: str) -> None:
         current = CurrentMessage.get_current_message()
         retries = current.options.get("retries", 0) if current else 0
-        send_one(self.services, message_id, last_try=retries >= self.services.settings.send_max_retries)
+        try:
+            send_one(self.services, message_id, last_try=retries >= self.services.settings.send_max_retries)
+        except Defer as deferred:
+            priority = PRIORITY_FOR_QUEUE.get(q_name(current.queue_name) if current else "", "normal")
+            self.enqueue_send(message_id, priority, delay_ms=max(1, int(deferred.delay_s * 1000)), retries=retries)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         metrics.EVENTS.labels(apply_event(self.services.store, event)).inc()

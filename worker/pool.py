@@ -49,7 +49,7 @@ def _child_main(settings: Settings, queues: list[str], threads: int) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     broker = build_broker(settings)
-    services = Services.build(settings)
+    services = Services.build(settings, redis_client=broker.client)
     worker = start_worker(Actors(broker, services), queues=queues, threads=threads,
                           idle_poll_ms=settings.worker_poll_ms)
     log.info("worker process ready: queues=%s threads=%d", ",".join(queues), threads)

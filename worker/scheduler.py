@@ -6,7 +6,9 @@ Each tick:
   conditional UPDATE per batch means two schedulers never promote a message twice;
 - re-enqueues ``queued`` messages nobody has touched for ``requeue_after_s``: the store is the system of
   record, and a row can outlive its job (Redis restarted without persistence, an enqueue that failed after
-  the commit). A duplicate job is harmless, because only one claim of a row can succeed.
+  the commit). A duplicate job is harmless, because only one claim of a row can succeed;
+- with a :class:`worker.reconcile.Reconciler`: re-sends or fails ``sending`` messages past their lease, and
+  fetches from Telnyx the messages whose final webhook never came.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import timedelta
 from worker import statuses
 from worker.actors import Actors
 from worker.bulk_updates import BulkUpdates
+from worker.reconcile import Reconciler
 from worker.settings import Settings
 from worker.store import Store, utcnow
 
@@ -27,15 +30,17 @@ log = logging.getLogger(__name__)
 class Scheduler:
     """Promotes due scheduled messages and re-enqueues messages whose job was lost. Safe to run twice."""
 
-    def __init__(self, settings: Settings, store: Store, actors: Actors) -> None:
+    def __init__(self, settings: Settings, store: Store, actors: Actors, reconciler: Reconciler | None = None) -> None:
         self.settings = settings
         self.store = store
         self.actors = actors
+        self.reconciler = reconciler
 
     def tick(self) -> dict[str, int]:
         """One pass of every duty; returns how many messages each moved."""
-        return {"promoted": self.promote_due(), "requeued": self.requeue_lost(),
-                "bulk_requeued": self._requeue_bulk_updates()}
+        counts = {"promoted": self.promote_due(), "requeued": self.requeue_lost(),
+                  "bulk_requeued": self._requeue_bulk_updates()}
+        return counts | (self.reconciler.tick() if self.reconciler else {"resent": 0, "reconciled": 0})
 
     def promote_due(self) -> int:
         """Hand messages due within the lookahead to the queue, each delayed until its ``send_at``."""
@@ -76,3 +81,5 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler tick failed; trying again")
             stop.wait(self.settings.scheduler_interval_s)
+        if self.reconciler:
+            self.reconciler.close()

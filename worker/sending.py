@@ -1,19 +1,27 @@
-"""Sending one message: claim it, hand it to Telnyx, record what happened.
+"""Sending one message: reserve its rate slot, claim it, hand it to Telnyx, record what happened.
 
-The row is claimed (``queued`` -> ``sending``) by a conditional UPDATE before the HTTP call, so a
-duplicate job finds nothing to do. The request carries ``Idempotency-Key: <our id>``, so a retry after an
-ambiguous failure cannot make Telnyx send twice.
+1. The row is read; only a ``queued`` message goes on (a duplicate job stops here for the price of a read).
+2. The limiter reserves the next slot on the sender and the account in one Redis call. A slot within
+   ``limiter_max_wait_s`` is slept for; a later one is not reserved at all and the job is deferred
+   (:class:`Defer`) to when it comes, which costs no retry: a throttled sender never holds worker threads
+   that other senders' messages could use.
+3. The row is claimed (``queued`` -> ``sending``) by a conditional UPDATE, so of two jobs, or a job and a
+   cancel, exactly one goes on.
+4. The request carries ``Idempotency-Key: <our id>``, so a retry after an ambiguous failure cannot make
+   Telnyx send twice. A 429 pushes the sender's slots back for every worker and defers the message.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from worker import metrics, statuses
-from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable
+from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable, ValidationError
 from worker.events import apply_pending
+from worker.limits import Meter, meter
 from worker.services import Services
-from worker.store import Store
 from worker.telnyx.messages import ENDPOINTS
 
 log = logging.getLogger(__name__)
@@ -21,19 +29,40 @@ log = logging.getLogger(__name__)
 #: Telnyx's refusal for a recipient who texted STOP: the message ends `suppressed`, not `rejected`.
 OPTED_OUT = "40300"
 SKIPPED = "skipped"
+#: Without a hint from Telnyx, how long a 429 holds the sender back.
+DEFAULT_PUSH_BACK_S = 1.0
+
+
+class Defer(Exception):
+    """Run this job again in ``delay_s`` seconds, without counting a retry."""
+
+    def __init__(self, delay_s: float, reason: str) -> None:
+        super().__init__(f"deferred {delay_s:.3f} s ({reason})")
+        self.delay_s = delay_s
+        self.reason = reason
 
 
 def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     """Send ``message_id`` if it is still ``queued``; returns the status it reached (or ``skipped``).
 
-    Raises :class:`TelnyxUnavailable` after putting the message back to ``queued`` (or ``failed`` when
-    ``last_try``), so the job queue retries it later with backoff.
+    Raises :class:`Defer` when its rate slot is too far off, and :class:`TelnyxUnavailable` after putting
+    the message back to ``queued`` (or ``failed`` when ``last_try``) so the job queue retries it later.
     """
     store = services.store
-    row = store.claim(message_id)
-    if row is None:
+    row = store.row(message_id)
+    if row["status"] != statuses.QUEUED:
+        return SKIPPED
+    try:
+        metered = _reserve(services, row)
+    except ValidationError as exc:
+        # A stored message no rate limit can be found for (hand-edited, or from an older sendq) must not go.
+        store.transition(message_id, statuses.REJECTED, from_=[statuses.QUEUED],
+                         add_errors=[{"code": "sendq.invalid", "title": "cannot be rate limited", "detail": str(exc)}])
+        return statuses.REJECTED
+    claimed = store.claim(message_id)
+    if claimed is None:
         if store.expire(message_id):
-            metrics.MESSAGES.labels(statuses.EXPIRED, *_labels(store, message_id)).inc()
+            metrics.MESSAGES.labels(statuses.EXPIRED, row["kind"], row["priority"]).inc()
             return statuses.EXPIRED
         return SKIPPED
     try:
@@ -43,6 +72,11 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
         status = statuses.SUPPRESSED if OPTED_OUT in exc.codes else statuses.REJECTED
         return _finish(services, row, status, exc)
     except TelnyxUnavailable as exc:
+        if exc.status == 429 and metered is not None:
+            # Throttled, not failed: every worker backs off and the message waits its turn, retries untouched.
+            seconds = _push_back(services, row, metered, exc)
+            _finish(services, row, statuses.QUEUED, exc)
+            raise Defer(seconds, "telnyx_429") from exc
         _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, exc)
         raise
     except (KeyError, TypeError) as exc:
@@ -59,12 +93,37 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     return status
 
 
-def _labels(store: Store, message_id: str) -> tuple[str, str]:
-    row = store.row(message_id)
-    return row["kind"], row["priority"]
+def _reserve(services: Services, row: dict[str, Any]) -> Meter | None:
+    """Take the message's rate slot, sleeping until it if it is near; raise :class:`Defer` if it is not."""
+    if services.limiter is None or row["endpoint"] == ENDPOINTS["schedule"]:
+        return None  # Telnyx-side scheduling meters the send itself, at send_at
+    metered = meter(row["kind"], row["sender"], row["messaging_profile_id"], row["body"],
+                    cost_mode=services.settings.limiter_cost)
+    if metered is None:
+        return None
+    max_wait = services.settings.limiter_max_wait_s
+    slot = services.limiter.reserve(metered.keys, cost=metered.cost, urgent=row["priority"] == "urgent",
+                                    max_wait_s=max_wait)
+    if not slot.granted:
+        metrics.DEFERRALS.labels(slot.limited_by or "rate").inc()
+        # Come back when the slot is within reach, so the sender stays busy without a gap.
+        raise Defer(max(slot.wait_s - max_wait, 0.0) + 0.001, slot.limited_by or "rate")
+    metrics.LIMITER_WAIT.observe(slot.wait_s)
+    if slot.wait_s > 0:
+        time.sleep(slot.wait_s)
+    return metered
 
 
-def _finish(services: Services, row: dict, status: str, exc: TelnyxError) -> str:
+def _push_back(services: Services, row: dict[str, Any], metered: Meter, exc: TelnyxUnavailable) -> float:
+    seconds = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_PUSH_BACK_S
+    # 10011 is the account's API rate; 40318 and others are the sender's queue.
+    services.limiter.push_back(metered.keys, seconds, account="10011" in exc.codes)  # type: ignore[union-attr]
+    log.warning("Telnyx 429 for %s from %s: every worker holds the sender back %.1f s",
+                row["id"], row["sender"] or row["messaging_profile_id"], seconds)
+    return seconds
+
+
+def _finish(services: Services, row: dict[str, Any], status: str, exc: TelnyxError) -> str:
     log.warning("send %s: %s -> %s", row["id"], exc, status)
     services.store.transition(row["id"], status, from_=[statuses.SENDING],
                               add_errors=[e.as_dict() for e in exc.errors] or

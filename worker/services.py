@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
+
+from worker.limiter import Limiter
 from worker.settings import Settings
 from worker.store import Store
 from worker.telnyx import TelnyxClient
@@ -11,16 +14,27 @@ from worker.telnyx import TelnyxClient
 
 @dataclass
 class Services:
-    """The store and the Telnyx client, with the settings they were built from."""
+    """The store, the Telnyx client and the rate limiter, with the settings they were built from.
+
+    ``limiter`` is None only where nothing is rate limited (a worker built without Redis, in tests of the
+    send path alone).
+    """
 
     settings: Settings
     store: Store
     telnyx: TelnyxClient
+    limiter: Limiter | None = None
 
     @classmethod
-    def build(cls, settings: Settings, store: Store | None = None) -> Services:
-        telnyx = TelnyxClient.from_settings(settings)
-        return cls(settings=settings, store=store or Store.from_url(settings.database_url), telnyx=telnyx)
+    def build(cls, settings: Settings, *, redis_client: redis.Redis | None = None,
+              store: Store | None = None) -> Services:
+        """``redis_client`` is the broker's own connection pool: the limiter shares it."""
+        return cls(
+            settings=settings,
+            store=store or Store.from_url(settings.database_url),
+            telnyx=TelnyxClient.from_settings(settings),
+            limiter=Limiter.from_settings(redis_client, settings) if redis_client is not None else None,
+        )
 
     def close(self) -> None:
         self.telnyx.close()

@@ -7,8 +7,10 @@ variables (``TELNYX_API_KEY``, ``TELNYX_PUBLIC_KEY``, ``TELNYX_BASE_URL``), the 
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_TELNYX_BASE_URL = "https://api.telnyx.com/v2"
 DEFAULT_DATABASE_URL = "sqlite:///./sendq.db"
@@ -58,6 +60,15 @@ class Settings(BaseSettings):
 
     #: A `queued` message untouched this long is re-enqueued by the scheduler (its job may be lost).
     requeue_after_s: int = 300
+    #: A `sending` message this old lost its worker mid-send (a job is stopped after 120 s): the scheduler then
+    #: applies ``ambiguous_policy`` to it.
+    sending_lease_s: int = Field(default=300, ge=1)
+    #: "retry": back to `queued` and re-sent with the same Idempotency-Key, so Telnyx answers a repeat with the
+    #: first answer instead of sending twice; "fail": `failed` with the error code "ambiguous".
+    ambiguous_policy: Literal["retry", "fail"] = "retry"
+    #: A `submitted` or `sent` message with no final webhook after this long is fetched from Telnyx
+    #: (``GET /messages/{id}``) and what Telnyx says is applied.
+    finalize_after_s: int = Field(default=900, ge=1)
     scheduler_interval_s: float = 0.5
     #: Scheduled messages are handed to the queue this long before they are due, as delayed jobs, so that
     #: a burst due in the same second is already in Redis when its second comes.
@@ -66,6 +77,33 @@ class Settings(BaseSettings):
     urgent_valid_for_s: int = 600
     #: How often an idle worker asks Redis for new jobs; it bounds the pickup latency of a quiet queue.
     worker_poll_ms: int = 100
+    #: A worker process silent this long counts as dead, and the jobs it held are redelivered at the next broker
+    #: maintenance (dramatiq's default: 60 000). A live worker stalled longer gets its jobs redelivered too; the
+    #: conditional claim keeps that from sending twice.
+    heartbeat_timeout_ms: int = Field(default=15_000, ge=1_000)
+    #: Broker calls in a million that run that maintenance (dramatiq's default: 1 000).
+    maintenance_chance: int = Field(default=10_000, ge=0, le=1_000_000)
+
+    #: Messages per second by sender type (long_code, toll_free, short_code, alphanumeric, number_pool) or by
+    #: exact sender (a profile id for number pools), as a JSON object; the exact sender wins. Unset: Telnyx's
+    #: defaults (worker.limits.DEFAULT_MPS).
+    rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict,
+                                                              validation_alias="SENDQ_RATE_LIMITS")
+    #: Account-wide messages per second, ``{"sms": 50, "mms": 15}`` (either key may be left out).
+    account_mps: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict,
+                                                              validation_alias="SENDQ_ACCOUNT_MPS")
+    #: A worker sleeps until its reserved slot when it is at most this far away; a later slot is not reserved
+    #: and the job is re-enqueued with that delay instead (a sleeping thread is a thread not sending).
+    limiter_max_wait_s: float = Field(default=1.0, ge=0)
+    #: What a message costs the limiter: its SMS parts ("segments", as carriers meter) or 1 ("message").
+    limiter_cost: Literal["segments", "message"] = "segments"
+    #: Messages a sender may send back to back before strict spacing applies (GCRA tolerance); 1 = strict.
+    limiter_burst: float = Field(default=1.0, ge=1)
+    #: Share of each sender's rate kept for urgent messages: while urgent traffic for a sender is active, normal
+    #: and bulk messages get at most (1 - share) of its rate.
+    urgent_share: float = Field(default=0.2, ge=0, lt=1)
+    #: How long after an urgent message (sent or waiting) its sender counts as having urgent traffic.
+    urgent_active_s: float = Field(default=5.0, gt=0)
 
     log_level: str = "INFO"
     #: prometheus_client's own switch: every process writes samples here and /metrics aggregates them.
@@ -75,6 +113,21 @@ class Settings(BaseSettings):
     @classmethod
     def from_env(cls) -> Settings:
         return cls()
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _check_rate_limits(cls, value: Any) -> dict[str, float]:
+        # Raises worker.errors.ValidationError (not a pydantic error) naming SENDQ_RATE_LIMITS: CLI exit 2.
+        from worker.limits import parse_rate_limits
+
+        return parse_rate_limits(value)
+
+    @field_validator("account_mps", mode="before")
+    @classmethod
+    def _check_account_mps(cls, value: Any) -> dict[str, float]:
+        from worker.limits import parse_account_mps
+
+        return parse_account_mps(value)
 
     @property
     def public_keys(self) -> list[str]:

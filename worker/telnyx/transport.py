@@ -1,8 +1,9 @@
 """The HTTP layer of the Telnyx client: auth, JSON, paging, in-call retries and error translation.
 
 This is the one module that sees ``httpx`` exceptions and HTTP statuses; it translates them once into
-:mod:`worker.errors`. One call is retried in-process (tenacity, bounded and jittered) on 429, 5xx and
-transport failures, always with the same ``Idempotency-Key``; anything longer is the job's business.
+:mod:`worker.errors`. One call is retried in-process (tenacity, bounded and jittered) on what
+:mod:`worker.classify` marks ``RETRY_NOW`` (5xx, 408, 429 10011 and transport failures), always with the same
+``Idempotency-Key``; anything longer is the job's business.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from typing import Any
 import httpx
 import tenacity
 
+from worker.classify import MAX_IN_CALL_WAIT_S, retryable_in_call
 from worker.errors import ApiError, TelnyxError, TelnyxRefused, TelnyxUnavailable
 
 #: In-call retry delays: exponential from this base, capped, with full jitter on the top quarter.
 RETRY_BASE_S = 0.25
 RETRY_CAP_S = 2.0
-#: A server's retry hint longer than this is left to the job queue instead of sleeping on it.
-MAX_IN_CALL_WAIT_S = 5.0
 
 #: Failures after which the request cannot have reached Telnyx, so a retry is certainly not a duplicate.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -78,9 +78,8 @@ def _wait(state: tenacity.RetryCallState) -> float:
 
 
 def _retryable(error: BaseException) -> bool:
-    if not isinstance(error, TelnyxUnavailable):
-        return False
-    return error.retry_after_s is None or error.retry_after_s <= MAX_IN_CALL_WAIT_S
+    # worker.classify's table decides (RETRY_NOW rows, with no long wait asked): one source of truth.
+    return retryable_in_call(error)
 
 
 class Transport:
