@@ -176,7 +176,7 @@ class Limiter:
         t_sender = interval_us(sender.mps)
         t_bulk = interval_us(sender.mps * (1 - self.urgent_share)) if self.urgent_share > 0 else 0
         redis_keys = [*(self.sender_key(keys.sender_type, keys.sender, suffix) for suffix in ("tat", "bulk", "urgent")),
-                      self.account_key(keys.account)]
+                      self.account_key(keys.account), self.sender_key(keys.sender_type, keys.sender, "tickets")]
         args = [t_sender, interval_us(account.mps), t_bulk, repr(float(self.burst)), int(cost),
                 math.floor(max_wait_s * US), int(urgent), math.ceil(self.urgent_active_s * 1000)]
         granted, wait_us, by, now_us = self._reserve(keys=redis_keys, args=args)

@@ -18,7 +18,7 @@ local function expire_after_last(cal)
 end
 """
 
-#: KEYS: sender TAT, sender non-urgent TAT, sender urgent flag, account calendar.
+#: KEYS: sender TAT, sender non-urgent TAT, sender urgent flag, account calendar, sender deferral tickets.
 #: ARGV: sender interval, account interval, non-urgent interval (0: no urgent share), burst, cost,
 #: max wait (us), urgent (1/0), urgent active (ms). Returns {granted, wait, limited by (0-3), now}.
 RESERVE = _COMMON + """
@@ -63,7 +63,16 @@ local at = first_fit()
 if at > earliest then by = 2 end
 local wait = at - now
 if urgent then redis.call('SET', KEYS[3], '1', 'PX', math.ceil(wait / 1000) + active_ms) end
-if wait > maxw then return {0, wait, by, now} end
+if wait > maxw then
+  if urgent then return {0, wait, by, now} end
+  -- Deferred messages take numbered tickets, one slot apart, so they come back spread out at the sender's
+  -- pace instead of all at once to find the same next slot (the reject-and-poll herd).
+  local T = tat_b and Tb or Ts
+  local ticket = math.max(tonumber(redis.call('GET', KEYS[5])) or 0, at)
+  local after_ticket = ticket + cost * T
+  redis.call('SET', KEYS[5], fmt(after_ticket), 'PX', math.ceil((after_ticket - now) / 1000) + 1000)
+  return {0, ticket - now, by, now}
+end
 
 local s, e = at, at + width
 local before = redis.call('ZREVRANGEBYSCORE', cal, fmt(at), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)

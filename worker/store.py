@@ -9,6 +9,7 @@ a trigger records it in ``message_history`` within the same statement.
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -258,24 +259,38 @@ class Store:
         Schema changes are additive only (new nullable columns), so a store written by an older sendq keeps
         every message and stays readable by a newer one.
         """
-        metadata.create_all(self.engine, checkfirst=True)
-        inspector = sa.inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in metadata.sorted_tables:
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in present:
-                        continue
-                    if not column.nullable:
-                        raise RuntimeError(f"cannot add required column {table.name}.{column.name} in place")
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-                indexed = {i["name"] for i in inspector.get_indexes(table.name)}
-                for index in table.indexes:
-                    if index.name not in indexed:
-                        index.create(conn)
-            for statement in HISTORY_TRIGGERS[self.engine.dialect.name]:
-                conn.execute(sa.text(statement))
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    self._create_schema(conn)
+                return
+            except sa.exc.DBAPIError:
+                # Processes starting together race to create the same objects; the loser tries again and
+                # finds them there.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def _create_schema(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7158423)"))  # one schema writer at a time
+        metadata.create_all(conn, checkfirst=True)
+        inspector = sa.inspect(conn)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(f"cannot add required column {table.name}.{column.name} in place")
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            indexed = {i["name"] for i in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexed:
+                    index.create(conn)
+        for statement in HISTORY_TRIGGERS[conn.dialect.name]:
+            conn.execute(sa.text(statement))
 
     def ping(self) -> None:
         with self.reader.connect() as conn:

@@ -139,12 +139,15 @@ class Throughput:
         self._calendars = {"sms": Calendar(), "mms": Calendar()}
         #: {"t", "from", "id", "type", "cost", "departs"} per admitted message, in admission order.
         self.timeline: list[dict[str, Any]] = []
+        #: Messages refused with 429 / 40318, by sender.
+        self.refused: dict[str, int] = {}
 
     def reset(self) -> None:
         with self._lock:
             self._next.clear()
             self._calendars = {"sms": Calendar(), "mms": Calendar()}
             self.timeline.clear()
+            self.refused.clear()
 
     def admit(self, payload: dict[str, Any], now: float) -> float:
         """Queue a message built at ``now`` (simulator seconds): its wait in seconds, also set in the payload.
@@ -173,6 +176,7 @@ class Throughput:
         earliest = max(now, self._next.get(sender, now))
         departs = calendar.first_fit(earliest, cost / account_rate) if account_rate else earliest
         if departs - now > self.config.queue_horizon_s:
+            self.refused[sender] = self.refused.get(sender, 0) + 1
             raise QueueFull(account_rate if departs > earliest else sender_rate,
                             departs - now - self.config.queue_horizon_s)
         # Kept for unmetered senders too: the account calendar must not let a message overtake its predecessor.
@@ -199,6 +203,7 @@ class Throughput:
         return {
             "now": now, "config": asdict(self.config),
             "senders": {name: self._sender_summary(name, entries, now) for name, entries in by_sender.items()},
+            "refused": dict(self.refused),
             "account": {stream: {"mps": self.config.account_rate(stream),
                                  "backlog_s": self.account_backlog_s(stream, now)} for stream in ("sms", "mms")},
         }
