@@ -11,7 +11,7 @@ from worker.store import NewMessage, messages, utcnow
 
 def test_a_queued_message_without_a_job_is_re_enqueued_and_delivered(stack):
     row, _ = stack.services.store.insert(NewMessage(
-        kind="long_code", priority="normal", recipients=["+13125550002"], endpoint="/messages",
+        kind="long_code", priority="normal", recipients=["+13125550002"], endpoint="/messages", sender="+13125550001",
         body={"to": "+13125550002", "from": "+13125550001", "text": "lost job",
               "webhook_url": stack.settings.webhook_url},
     ))

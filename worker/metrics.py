@@ -17,6 +17,8 @@ MESSAGES = Counter(
 )
 TELNYX_ERRORS = Counter("sendq_telnyx_errors_total", "Errors returned by Telnyx, by error code.", ["code"])
 WEBHOOKS = Counter("sendq_webhook_requests_total", "Webhook requests received, by result.", ["result"])
+AMBIGUOUS = Counter("sendq_ambiguous_sends_total", "Sends that failed after the request may have reached Telnyx "
+                    "(retried with the same Idempotency-Key).")
 DEFERRALS = Counter("sendq_deferrals_total", "Sends put off without using a retry, by reason.", ["reason"])
 LIMITER_WAIT = Histogram("sendq_limiter_wait_seconds", "Time a send slept for its rate slot.",
                          buckets=(0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))

@@ -17,17 +17,19 @@ import logging
 import time
 from typing import Any
 
+import dramatiq
+
 from worker import metrics, statuses
-from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable, ValidationError
+from worker.classify import ACCOUNT, Action, classify
+from worker.errors import TelnyxError, TelnyxUnavailable, ValidationError
 from worker.events import apply_pending
+from worker.holds import ACCOUNT_KEY
 from worker.limits import Meter, meter
 from worker.services import Services
 from worker.telnyx.messages import ENDPOINTS
 
 log = logging.getLogger(__name__)
 
-#: Telnyx's refusal for a recipient who texted STOP: the message ends `suppressed`, not `rejected`.
-OPTED_OUT = "40300"
 SKIPPED = "skipped"
 #: Without a hint from Telnyx, how long a 429 holds the sender back.
 DEFAULT_PUSH_BACK_S = 1.0
@@ -45,8 +47,9 @@ class Defer(Exception):
 def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     """Send ``message_id`` if it is still ``queued``; returns the status it reached (or ``skipped``).
 
-    Raises :class:`Defer` when its rate slot is too far off, and :class:`TelnyxUnavailable` after putting
-    the message back to ``queued`` (or ``failed`` when ``last_try``) so the job queue retries it later.
+    Raises :class:`Defer` when its rate slot is too far off or its sender is held, and the Telnyx error (or
+    ``dramatiq.Retry`` with Telnyx's delay) after putting the message back to ``queued`` (``failed`` when
+    ``last_try``) when :func:`worker.classify.classify` says to retry it through the queue.
     """
     store = services.store
     row = store.row(message_id)
@@ -68,21 +71,11 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     try:
         data = services.telnyx.messages.send(row["endpoint"], row["body"], idempotency_key=row["id"])
         telnyx_id = str(data["id"])
-    except TelnyxRefused as exc:
-        status = statuses.SUPPRESSED if OPTED_OUT in exc.codes else statuses.REJECTED
-        return _finish(services, row, status, exc)
-    except TelnyxUnavailable as exc:
-        if exc.status == 429 and metered is not None:
-            # Throttled, not failed: every worker backs off and the message waits its turn, retries untouched.
-            seconds = _push_back(services, row, metered, exc)
-            _finish(services, row, statuses.QUEUED, exc)
-            raise Defer(seconds, "telnyx_429") from exc
-        _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, exc)
-        raise
+    except TelnyxError as exc:
+        return _on_error(services, row, metered, exc, last_try=last_try)
     except (KeyError, TypeError) as exc:
         unavailable = TelnyxUnavailable(f"Telnyx accepted the request without an id: {exc!r}", ambiguous=True)
-        _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, unavailable)
-        raise unavailable from exc
+        return _on_error(services, row, metered, unavailable, last_try=last_try)
 
     # Telnyx-side scheduling answers with a message Telnyx holds until send_at: it stays `scheduled`.
     status = statuses.SCHEDULED if row["endpoint"] == ENDPOINTS["schedule"] else statuses.SUBMITTED
@@ -93,8 +86,43 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     return status
 
 
+def _on_error(services: Services, row: dict[str, Any], metered: Meter | None, exc: TelnyxError, *,
+              last_try: bool) -> str:
+    """Act on a failed call as :func:`worker.classify.classify` decides; returns a final status or raises."""
+    decision = classify(exc)
+    if isinstance(exc, TelnyxUnavailable) and exc.ambiguous:
+        metrics.AMBIGUOUS.inc()  # it may have gone out; the same Idempotency-Key on the retry keeps it single
+    if decision.action is Action.REJECT:
+        return _finish(services, row, statuses.REJECTED, exc)
+    if decision.action is Action.SUPPRESS:
+        return _finish(services, row, statuses.SUPPRESSED, exc)
+    if decision.action is Action.HOLD_SENDER and services.holds is not None:
+        held = ACCOUNT_KEY if decision.scope == ACCOUNT else _sender(row)
+        services.holds.hold(held, decision.hold_s or DEFAULT_PUSH_BACK_S, decision.reason, code=decision.code)
+        _finish(services, row, statuses.QUEUED, exc)
+        raise Defer(decision.hold_s or DEFAULT_PUSH_BACK_S, "sender_held") from exc
+    if exc.status == 429 and metered is not None and isinstance(exc, TelnyxUnavailable):
+        # Throttled, not failed: every worker backs off and the message waits its turn, retries untouched.
+        seconds = _push_back(services, row, metered, exc)
+        _finish(services, row, statuses.QUEUED, exc)
+        raise Defer(seconds, "telnyx_429") from exc
+    _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, exc)
+    if decision.delay_s and not last_try:
+        raise dramatiq.Retry(delay=int(decision.delay_s * 1000)) from exc
+    raise exc
+
+
+def _sender(row: dict[str, Any]) -> str:
+    return str(row["sender"] or row["messaging_profile_id"])
+
+
 def _reserve(services: Services, row: dict[str, Any]) -> Meter | None:
     """Take the message's rate slot, sleeping until it if it is near; raise :class:`Defer` if it is not."""
+    if services.holds is not None:
+        hold = services.holds.check(_sender(row))
+        if hold is not None:
+            metrics.DEFERRALS.labels("sender_held").inc()
+            raise Defer(hold.seconds_left, "sender_held")
     if services.limiter is None or row["endpoint"] == ENDPOINTS["schedule"]:
         return None  # Telnyx-side scheduling meters the send itself, at send_at
     metered = meter(row["kind"], row["sender"], row["messaging_profile_id"], row["body"],
