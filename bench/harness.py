@@ -99,3 +99,24 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} never answered")
+
+
+class SimulatorProcess:
+    """``with SimulatorProcess("--sender-mps", "+1...=5") as url:`` runs ``sendq simulator`` in its own process
+    (so it does not share the benchmark's interpreter), without webhooks, until the block ends."""
+
+    def __init__(self, *flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.flags = flags
+
+    def __enter__(self) -> str:
+        self.proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "simulator", "--port", str(self.port),
+                                      "--webhook-url", "", "--sent-delay", "86400", *self.flags], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"{self.url}/_sim/stats")
+        return self.url
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)

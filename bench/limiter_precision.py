@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, Processes, free_port, fresh_settings, wait_http
+from harness import Processes, SimulatorProcess, fresh_settings
 
 from producers.producer import Producer
 from worker.actors import Actors
@@ -67,35 +66,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
 
-    port = free_port()
     sender_flags = [flag for sender, rate in RATES.items() for flag in ("--sender-mps", f"{sender}={rate}")]
-    simulator = subprocess.Popen([sys.executable, "-m", "producers.cli", "simulator", "--port", str(port),
-                                  "--webhook-url", "", "--sent-delay", "86400", "--queue-horizon", "1",
-                                  *sender_flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sim_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{sim_url}/_sim/stats")
-        with tempfile.TemporaryDirectory() as tmp:
-            metrics_dir = f"{tmp}/metrics"
-            os.mkdir(metrics_dir)
-            settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2", rate_limits=RATES)
-            producer = Producer(settings, Store.from_url(settings.database_url), Actors(build_broker(settings)))
-            for sender, rate in RATES.items():
-                for i in range(int(rate * args.seconds)):
-                    producer.send(f"+1312555{i:04d}", from_=sender, text="paced")
-            producer.close()
-            total = int(sum(RATES.values()) * args.seconds)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-            with Processes(settings, ["worker", "--processes", str(args.processes), "--threads", str(args.threads)]):
-                deadline = time.monotonic() + args.seconds * 2 + 60
-                while httpx.get(f"{sim_url}/_sim/stats").json()["messages"] < total and time.monotonic() < deadline:
-                    time.sleep(0.5)
-            calls = limiter_calls(metrics_dir)
-            arrivals = httpx.get(f"{sim_url}/_sim/arrivals").json()["data"]
-            metered = httpx.get(f"{sim_url}/_sim/throughput").json()
-    finally:
-        simulator.terminate()
-        simulator.wait(30)
+    with SimulatorProcess("--queue-horizon", "1", *sender_flags) as sim_url, tempfile.TemporaryDirectory() as tmp:
+        metrics_dir = f"{tmp}/metrics"
+        os.mkdir(metrics_dir)
+        settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2", rate_limits=RATES)
+        producer = Producer(settings, Store.from_url(settings.database_url), Actors(build_broker(settings)))
+        for sender, rate in RATES.items():
+            for i in range(int(rate * args.seconds)):
+                producer.send(f"+1312555{i:04d}", from_=sender, text="paced")
+        producer.close()
+        total = int(sum(RATES.values()) * args.seconds)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        with Processes(settings, ["worker", "--processes", str(args.processes), "--threads", str(args.threads)]):
+            deadline = time.monotonic() + args.seconds * 2 + 60
+            while httpx.get(f"{sim_url}/_sim/stats").json()["messages"] < total and time.monotonic() < deadline:
+                time.sleep(0.5)
+        calls = limiter_calls(metrics_dir)
+        arrivals = httpx.get(f"{sim_url}/_sim/arrivals").json()["data"]
+        metered = httpx.get(f"{sim_url}/_sim/throughput").json()
 
     results = {}
     for sender, rate in RATES.items():

@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, UNBOUND_LIMITS, Processes, environment, free_port, fresh_settings, wait_http
+from harness import ROOT, UNBOUND_LIMITS, Processes, SimulatorProcess, environment, fresh_settings
 
 from producers.producer import Producer
 from worker.actors import Actors
@@ -105,19 +105,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
 
-    port = free_port()
-    simulator = subprocess.Popen([sys.executable, "-m", "producers.cli", "simulator", "--port", str(port),
-                                  "--webhook-url", "", "--sent-delay", "86400"], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sim_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{sim_url}/_sim/stats")
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2", **UNBOUND_LIMITS)
-            results = {"bare": run_bare(settings, sim_url, args), "sendq": run_sendq(settings, sim_url, args)}
-    finally:
-        simulator.terminate()
-        simulator.wait(30)
+    with SimulatorProcess() as sim_url, tempfile.TemporaryDirectory() as tmp:
+        settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2", **UNBOUND_LIMITS)
+        results = {"bare": run_bare(settings, sim_url, args), "sendq": run_sendq(settings, sim_url, args)}
     ratio = results["sendq"]["per_s"] / results["bare"]["per_s"]
     for name, figures in results.items():
         print(f"{name:6} {figures['sent']:6} msgs in {figures['seconds']:6.1f} s = {figures['per_s']:7.1f}/s  "

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, Processes, free_port, fresh_settings, wait_http
+from harness import Processes, SimulatorProcess, fresh_settings
 
 from producers.producer import Producer
 from worker.actors import Actors
@@ -51,46 +50,36 @@ def main() -> None:
     args = parser.parse_args()
 
     senders = [f"+1312910{i:04d}" for i in range(args.senders)]
-    port = free_port()
-    simulator = subprocess.Popen([sys.executable, "-m", "producers.cli", "simulator", "--port", str(port),
-                                  "--webhook-url", "", "--sent-delay", "86400"], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sim_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{sim_url}/_sim/stats")
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2",
-                                      rate_limits=dict.fromkeys(senders, args.rate))
-            producer = Producer(settings, Store.from_url(settings.database_url), Actors(build_broker(settings)))
-            for i in range(args.backlog):
-                producer.send(f"+1312555{i % 10000:04d}", from_=senders[i % len(senders)], text="sale",
-                              priority="bulk")
-            workers = ["worker", "--processes", str(args.processes), "--threads", str(args.threads),
-                       "--queues", "default,bulk,events"]
-            with Processes(settings, workers, ["worker", "--processes", "1", "--threads", "4", "--queues", "urgent"]):
-                time.sleep(5)  # the backlog is flowing and every sender is saturated
-                urgent = []
-                for i in range(args.urgent):
-                    urgent.append(producer.send("+13125559999", from_=senders[i % len(senders)],
-                                                text=f"Your code is {100000 + i}", priority="urgent"))
-                    time.sleep(0.2)
-                deadline = time.monotonic() + 60
-                latencies: list[float] = []
-                while time.monotonic() < deadline:
-                    got = {m["idempotency_key"]: m for m in httpx.get(f"{sim_url}/_sim/messages").json()["data"]
-                           if m["idempotency_key"] in set(urgent)}
-                    if len(got) == len(urgent):
-                        break
-                    time.sleep(1)
-                records = {i: producer.status(i) for i in urgent}
-                latencies = [(datetime.fromisoformat(arrival(sim_url, m["id"])) -
-                              datetime.fromisoformat(records[key]["created_at"])).total_seconds()
-                             for key, m in got.items()]
-                backlog_left = args.backlog - (httpx.get(f"{sim_url}/_sim/stats").json()["messages"] - len(got))
-            producer.close()
-    finally:
-        simulator.terminate()
-        simulator.wait(30)
+    with SimulatorProcess() as sim_url, tempfile.TemporaryDirectory() as tmp:
+        settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2",
+                                  rate_limits=dict.fromkeys(senders, args.rate))
+        producer = Producer(settings, Store.from_url(settings.database_url), Actors(build_broker(settings)))
+        for i in range(args.backlog):
+            producer.send(f"+1312555{i % 10000:04d}", from_=senders[i % len(senders)], text="sale",
+                          priority="bulk")
+        workers = ["worker", "--processes", str(args.processes), "--threads", str(args.threads),
+                   "--queues", "default,bulk,events"]
+        with Processes(settings, workers, ["worker", "--processes", "1", "--threads", "4", "--queues", "urgent"]):
+            time.sleep(5)  # the backlog is flowing and every sender is saturated
+            urgent = []
+            for i in range(args.urgent):
+                urgent.append(producer.send("+13125559999", from_=senders[i % len(senders)],
+                                            text=f"Your code is {100000 + i}", priority="urgent"))
+                time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            latencies: list[float] = []
+            while time.monotonic() < deadline:
+                got = {m["idempotency_key"]: m for m in httpx.get(f"{sim_url}/_sim/messages").json()["data"]
+                       if m["idempotency_key"] in set(urgent)}
+                if len(got) == len(urgent):
+                    break
+                time.sleep(1)
+            records = {i: producer.status(i) for i in urgent}
+            latencies = [(datetime.fromisoformat(arrival(sim_url, m["id"])) -
+                          datetime.fromisoformat(records[key]["created_at"])).total_seconds()
+                         for key, m in got.items()]
+            backlog_left = args.backlog - (httpx.get(f"{sim_url}/_sim/stats").json()["messages"] - len(got))
+        producer.close()
     floor = 1 / (settings.urgent_share * args.rate)
     figures = {"urgent": len(latencies), "p50_s": round(percentile(latencies, 50), 3),
                "p99_s": round(percentile(latencies, 99), 3), "max_s": round(max(latencies), 3),

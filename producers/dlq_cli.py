@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from producers.output import emit, table
+from producers.output import emit, group_only, table
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 COLUMNS = ("FAILED AT", "QUEUE", "ACTOR", "ID", "STATUS", "RETRIES", "LAST ERROR")
@@ -84,13 +84,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _group_only(args: argparse.Namespace) -> int:
-    return 2  # unreachable: argparse insists on a subcommand
-
-
 def register(add: AddCommand) -> None:
     """Add ``sendq dlq list|replay|purge`` to the ``sendq`` parser (``add`` is ``build_parser``'s helper)."""
-    dlq = add("dlq", _group_only, "inspect, replay or purge the jobs dramatiq gave up on (dead-letter queues)")
+    dlq = add("dlq", group_only, "inspect, replay or purge the jobs dramatiq gave up on (dead-letter queues)")
     commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
 
     def sub(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from producers.output import emit, table
+from producers.output import emit, group_only, subcommand, table
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 
@@ -111,28 +111,17 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subcommand(group: Any, name: str, handler: Callable[[argparse.Namespace], int],
-                help_text: str) -> argparse.ArgumentParser:
-    command = group.add_parser(name, help=help_text, description=help_text)
-    command.set_defaults(handler=handler)
-    command.add_argument("--json", action="store_true", help="print one JSON object")
-    return command
-
-
-def _group_only(args: argparse.Namespace) -> int:
-    # Unreachable: argparse insists on a subcommand before any handler runs.
-    return 2
 
 
 def register(add: AddCommand) -> None:
     """Add ``limits`` (show, set, reset) to the ``sendq`` parser through ``build_parser``'s ``add`` helper."""
     sender_help = "E.164 number, short code, alphanumeric ID, messaging profile UUID, or a sender type"
-    limits = add("limits", _group_only, "show and override sender rate limits (messages per second)")
+    limits = add("limits", group_only, "show and override sender rate limits (messages per second)")
     commands = limits.add_subparsers(dest="limits_command", required=True, metavar="COMMAND")
-    show = _subcommand(commands, "show", cmd_show, "show the rate limits in force, or one sender's")
+    show = subcommand(commands, "show", cmd_show, "show the rate limits in force, or one sender's")
     show.add_argument("sender", nargs="?", metavar="SENDER", help=sender_help)
-    setting = _subcommand(commands, "set", cmd_set, "set a live override (every worker within about 1 s)")
+    setting = subcommand(commands, "set", cmd_set, "set a live override (every worker within about 1 s)")
     setting.add_argument("sender", metavar="SENDER", help=sender_help)
     setting.add_argument("mps", metavar="MPS", help="messages per second, more than 0")
-    reset = _subcommand(commands, "reset", cmd_reset, "remove a live override")
+    reset = subcommand(commands, "reset", cmd_reset, "remove a live override")
     reset.add_argument("sender", metavar="SENDER", help=sender_help)

@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from producers.output import cell, emit, table
+from producers.output import cell, emit, group_only, subcommand, table
 
 Handler = Callable[[argparse.Namespace], int]
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -107,16 +107,6 @@ def cmd_optouts_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subcommand(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-    command = group.add_parser(name, help=help_text, description=help_text)
-    command.set_defaults(handler=handler)
-    command.add_argument("--json", action="store_true", help="print one JSON object")
-    return command
-
-
-def _group_only(args: argparse.Namespace) -> int:
-    # Unreachable: argparse insists on a subcommand before any handler runs.
-    return 2
 
 
 def register(sub: Any, add: AddCommand) -> None:
@@ -124,22 +114,22 @@ def register(sub: Any, add: AddCommand) -> None:
 
     ``add`` is ``build_parser``'s helper for a top-level command; the subcommands hang below it.
     """
-    numbers = add("numbers", _group_only, "inspect the account's numbers and their messaging settings")
+    numbers = add("numbers", group_only, "inspect the account's numbers and their messaging settings")
     commands = numbers.add_subparsers(dest="numbers_command", required=True, metavar="COMMAND")
-    listing = _subcommand(commands, "list", cmd_numbers_list, "list phone numbers with profile and product")
+    listing = subcommand(commands, "list", cmd_numbers_list, "list phone numbers with profile and product")
     listing.add_argument("--profile", metavar="UUID", help="only the numbers on this messaging profile")
-    show = _subcommand(commands, "show", cmd_numbers_show, "show one phone number's messaging settings")
+    show = subcommand(commands, "show", cmd_numbers_show, "show one phone number's messaging settings")
     show.add_argument("id", metavar="ID", help="the number's Telnyx id, or the number itself in E.164")
 
-    profile = add("profile", _group_only, "inspect messaging profiles")
+    profile = add("profile", group_only, "inspect messaging profiles")
     commands = profile.add_subparsers(dest="profile_command", required=True, metavar="COMMAND")
-    metrics = _subcommand(commands, "metrics", cmd_profile_metrics, "show a messaging profile's metrics")
+    metrics = subcommand(commands, "metrics", cmd_profile_metrics, "show a messaging profile's metrics")
     metrics.add_argument("id", metavar="ID", help="messaging profile UUID")
     metrics.add_argument("--time-frame", choices=TIME_FRAMES, default="24h", help="window to report (default 24h)")
 
-    optouts = add("optouts", _group_only, "inspect opt-outs (recipients who texted STOP)")
+    optouts = add("optouts", group_only, "inspect opt-outs (recipients who texted STOP)")
     commands = optouts.add_subparsers(dest="optouts_command", required=True, metavar="COMMAND")
-    listing = _subcommand(commands, "list", cmd_optouts_list, "list Telnyx's opt-out blocks, every page")
+    listing = subcommand(commands, "list", cmd_optouts_list, "list Telnyx's opt-out blocks, every page")
     listing.add_argument("--profile", metavar="UUID", help="only this messaging profile's")
     listing.add_argument("--from", dest="from_", metavar="SENDER", help="only blocks on this sending number")
     listing.add_argument("--since", metavar="ISO8601", help="only blocks created at or after this time")

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+
+def subcommand(group: Any, name: str, handler: Callable[[argparse.Namespace], int],
+               help_text: str) -> argparse.ArgumentParser:
+    """A subcommand under ``group`` (``sendq numbers list``, ...) that takes ``--json``."""
+    command = group.add_parser(name, help=help_text, description=help_text)
+    command.set_defaults(handler=handler)
+    command.add_argument("--json", action="store_true", help="print one JSON object")
+    return command
+
+
+def group_only(args: argparse.Namespace) -> int:
+    """The handler of a command group itself; unreachable, as argparse insists on a subcommand first."""
+    return 2
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
