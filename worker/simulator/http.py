@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -74,3 +75,15 @@ def paged(request: Request, items: list[Any], *, default_size: int = 20, max_siz
         "meta": {"page_number": number, "page_size": size, "total_pages": max(1, math.ceil(len(items) / size)),
                  "total_results": len(items)},
     }
+
+
+Config = TypeVar("Config")
+
+
+def config_from_json(cls: type[Config], data: Any) -> Config:
+    """A config dataclass from a JSON object of its fields (``POST /_sim/faults``, ``/_sim/throughput``);
+    ValueError on unknown fields or bad values."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(data, dict) or set(data) - known:
+        raise ValueError(f"expected a JSON object with fields among {sorted(known)}")
+    return cls(**data)

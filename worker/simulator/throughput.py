@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left, bisect_right
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from worker import sms
-from worker.simulator.http import Refusal, telnyx_error
+from worker.simulator.http import Refusal, config_from_json, telnyx_error
 
 if TYPE_CHECKING:
     from worker.simulator.app import Simulator
@@ -64,14 +64,6 @@ class ThroughputConfig:
         rates = [*self.mps.values(), *self.sender_mps.values(), self.account_sms_mps, self.account_mms_mps]
         if any(r is not None and not r > 0 for r in rates) or not self.queue_horizon_s >= 0:
             raise ValueError("rates must be positive and queue_horizon_s not negative")
-
-    @classmethod
-    def from_json(cls, data: Any) -> ThroughputConfig:
-        """A config from a JSON object of its fields; ValueError on unknown fields or bad values."""
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) - known:
-            raise ValueError(f"expected a JSON object with fields among {sorted(known)}")
-        return cls(**data)
 
     def sender_rate(self, sender: str) -> float | None:
         return self.sender_mps.get(sender) or self.mps.get(sender_type(sender))
@@ -245,7 +237,7 @@ def routes(sim: Simulator) -> list[Route]:
 
     async def change(request: Request) -> Response:
         try:
-            sim.throughput.config = ThroughputConfig.from_json(await request.json())
+            sim.throughput.config = config_from_json(ThroughputConfig, await request.json())
         except (ValueError, TypeError) as exc:
             return telnyx_error(400, "10015", "Bad Request", str(exc))
         return JSONResponse(sim.throughput.summary(sim.elapsed()))
