@@ -90,7 +90,7 @@ class Producer:
         if new.status == statuses.SCHEDULED:
             return {"id": new.id, "status": new.status, "created": True}  # the scheduler enqueues it when due
         try:
-            self.actors.enqueue_send(new.id, new.priority)
+            self.actors.enqueue_send(new.id, new.priority, generation=row["job_gen"])
         except Exception:
             # The row is the record of the message: the scheduler re-enqueues queued rows that have no job.
             log.exception("message %s stored but not enqueued; the scheduler will enqueue it", new.id)

@@ -7,6 +7,7 @@ only to enqueue.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -20,6 +21,7 @@ from worker.errors import ConfigurationError, NotFoundError
 from worker.events import apply_event
 from worker.sending import Defer, send_one
 from worker.services import Services
+from worker.store import Store, utcnow
 
 
 class Actors:
@@ -45,13 +47,28 @@ class Actors:
             raise ConfigurationError("these actors were built to enqueue only")
         return self._services
 
-    def enqueue_send(self, message_id: str, priority: str, *, delay_ms: int | None = None, retries: int = 0) -> None:
+    def enqueue_send(self, message_id: str, priority: str, *, generation: int | None = None,
+                     delay_ms: int | None = None, retries: int = 0) -> None:
         """Enqueue ``send_message`` on the queue of ``priority`` (urgent, normal, bulk).
 
-        ``retries`` carries a deferred job's retry count over, so waiting for a rate slot never spends it.
+        ``generation`` is the job number the store handed the message to (see :meth:`Store.next_job`); a job
+        without one is never taken for stale. ``retries`` carries a deferred job's retry count over, so
+        waiting for a rate slot never spends it.
         """
-        message = self.send_message.message_with_options(args=(message_id,), retries=retries)
+        args = (message_id,) if generation is None else (message_id, generation)
+        message = self.send_message.message_with_options(args=args, retries=retries)
         self.broker.enqueue(message.copy(queue_name=QUEUE_FOR_PRIORITY[priority]), delay=delay_ms)
+
+    def hand_over(self, store: Store, message_id: str, priority: str, *, after: int | None,
+                  delay_ms: int | None = None, retries: int = 0) -> bool:
+        """Give a ``queued`` message a new job, unless it is not ``queued`` any more or another job took it
+        over since job ``after``: the one way sendq re-enqueues a message, so it never has two live jobs."""
+        due = utcnow() + timedelta(milliseconds=delay_ms or 0)
+        generation = store.next_job(message_id, after=after, due_at=due)
+        if generation is None:
+            return False
+        self.enqueue_send(message_id, priority, generation=generation, delay_ms=delay_ms, retries=retries)
+        return True
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.apply_event.send(event)
@@ -61,14 +78,16 @@ class Actors:
 
     # Actors return None: outcomes live in the store and the metrics, not in a result backend.
 
-    def _send_message(self, message_id: str) -> None:
+    def _send_message(self, message_id: str, generation: int | None = None) -> None:
         current = CurrentMessage.get_current_message()
         retries = current.options.get("retries", 0) if current else 0
         try:
-            send_one(self.services, message_id, last_try=retries >= self.services.settings.send_max_retries)
+            send_one(self.services, message_id, generation=generation,
+                     last_try=retries >= self.services.settings.send_max_retries)
         except Defer as deferred:
             priority = PRIORITY_FOR_QUEUE.get(q_name(current.queue_name) if current else "", "normal")
-            self.enqueue_send(message_id, priority, delay_ms=max(1, int(deferred.delay_s * 1000)), retries=retries)
+            self.hand_over(self.services.store, message_id, priority, after=generation,
+                           delay_ms=max(1, int(deferred.delay_s * 1000)), retries=retries)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         metrics.EVENTS.labels(apply_event(self.services.store, event)).inc()

@@ -34,7 +34,7 @@ from worker import statuses
 from worker.broker import QUEUES
 from worker.bulk_updates import ACTIVE, BulkUpdates
 from worker.errors import NotFoundError
-from worker.store import Store
+from worker.store import Store, utcnow
 
 SEND, BULK, EVENT = "send_message", "bulk_update", "apply_event"
 #: Options a replayed job must not inherit from its dead copy: the broker sets its own on enqueue, and a replay
@@ -165,8 +165,15 @@ class DeadLetters:
         if data is None:  # replayed or purged by someone else meanwhile
             return Replay(key, entry.actor, False, entry.status, "no longer in the dead-letter queue")
         dead = Message.decode(data)
+        args = dead.args
+        if dead.actor_name == SEND and entry.message_id:
+            # The replayed job must own the message, or it would stop as superseded.
+            generation = self.store.next_job(entry.message_id, after=None, due_at=utcnow())
+            if generation is None:
+                return Replay(key, entry.actor, False, entry.status, "no longer queued")
+            args = [entry.message_id, generation]
         options = {k: v for k, v in dead.options.items() if k not in _RESET_OPTIONS}
-        fresh = Message(queue_name=q_name(dead.queue_name), actor_name=dead.actor_name, args=dead.args,
+        fresh = Message(queue_name=q_name(dead.queue_name), actor_name=dead.actor_name, args=args,
                         kwargs=dead.kwargs, options=options, message_id=dead.message_id)
         self.broker.enqueue(fresh)
         return Replay(key, entry.actor, True, entry.status, "re-enqueued")

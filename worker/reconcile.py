@@ -136,7 +136,7 @@ class Reconciler:
         error = self._ambiguous(row, "re-sent with the same Idempotency-Key")
         if not self.store.transition(row["id"], statuses.QUEUED, from_=[statuses.SENDING], add_errors=[error]):
             return False  # the worker answered after all
-        self.actors.enqueue_send(row["id"], row["priority"])
+        self.actors.hand_over(self.store, row["id"], row["priority"], after=None)
         metrics.RECONCILED.labels("resent").inc()
         return True
 

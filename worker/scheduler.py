@@ -4,9 +4,10 @@ Each tick:
 - promotes ``scheduled`` messages due within ``schedule_lookahead_s`` to ``queued`` and enqueues each as a
   job delayed until its ``send_at``, so a burst due in one second is waiting in Redis when it comes; one
   conditional UPDATE per batch means two schedulers never promote a message twice;
-- re-enqueues ``queued`` messages nobody has touched for ``requeue_after_s``: the store is the system of
+- re-enqueues ``queued`` messages whose job is ``requeue_after_s`` overdue: the store is the system of
   record, and a row can outlive its job (Redis restarted without persistence, an enqueue that failed after
-  the commit). A duplicate job is harmless, because only one claim of a row can succeed;
+  the commit). The row names the job that owns it, so if the old job turns up after all it stops before it
+  takes a rate slot, and a message waiting for a far-off slot is not taken for lost;
 - with a :class:`worker.reconcile.Reconciler`: re-sends or fails ``sending`` messages past their lease, and
   fetches from Telnyx the messages whose final webhook never came.
 """
@@ -17,7 +18,6 @@ import logging
 import threading
 from datetime import timedelta
 
-from worker import statuses
 from worker.actors import Actors
 from worker.bulk_updates import BulkUpdates
 from worker.reconcile import Reconciler
@@ -48,16 +48,16 @@ class Scheduler:
         moved = self.store.promote_due(now + timedelta(seconds=self.settings.schedule_lookahead_s))
         for message in moved:
             delay_ms = max(0, int((message["send_at"] - now).total_seconds() * 1000))
-            self.actors.enqueue_send(message["id"], message["priority"], delay_ms=delay_ms or None)
+            self.actors.enqueue_send(message["id"], message["priority"], generation=message["job_gen"],
+                                     delay_ms=delay_ms or None)
         return len(moved)
 
     def requeue_lost(self) -> int:
-        """Re-enqueue ``queued`` messages nobody touched for ``requeue_after_s`` (their job may be gone)."""
+        """Re-enqueue ``queued`` messages whose job is ``requeue_after_s`` overdue (it may be gone)."""
         cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_s)
         requeued = 0
-        for message_id in self.store.stale(statuses.QUEUED, cutoff):
-            if self.store.touch(message_id, statuses.QUEUED):
-                self.actors.enqueue_send(message_id, self.store.row(message_id)["priority"])
+        for lost in self.store.lost_jobs(cutoff):
+            if self.actors.hand_over(self.store, lost["id"], lost["priority"], after=lost["job_gen"] or 0):
                 requeued += 1
         if requeued:
             log.info("re-enqueued %d queued messages that had no job", requeued)

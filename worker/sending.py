@@ -1,6 +1,7 @@
 """Sending one message: reserve its rate slot, claim it, hand it to Telnyx, record what happened.
 
-1. The row is read; only a ``queued`` message goes on (a duplicate job stops here for the price of a read).
+1. The row is read; only a ``queued`` message owned by this job goes on (a duplicate or superseded job
+   stops here for the price of a read, before it takes a rate slot another message could use).
 2. The limiter reserves the next slot on the sender and the account in one Redis call. A slot within
    ``limiter_max_wait_s`` is slept for; a later one is not reserved at all and the job is deferred
    (:class:`Defer`) to when it comes, which costs no retry: a throttled sender never holds worker threads
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -26,6 +28,7 @@ from worker.events import apply_pending
 from worker.holds import ACCOUNT_KEY
 from worker.limits import Meter, meter
 from worker.services import Services
+from worker.store import utcnow
 from worker.telnyx.messages import ENDPOINTS
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,9 @@ class Defer(Exception):
         self.reason = reason
 
 
-def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
-    """Send ``message_id`` if it is still ``queued``; returns the status it reached (or ``skipped``).
+def send_one(services: Services, message_id: str, *, last_try: bool, generation: int | None = None) -> str:
+    """Send ``message_id`` if it is still ``queued`` (and owned by job ``generation``, when given); returns the
+    status it reached (or ``skipped``).
 
     Raises :class:`Defer` when its rate slot is too far off or its sender is held, and the Telnyx error (or
     ``dramatiq.Retry`` with Telnyx's delay) after putting the message back to ``queued`` (``failed`` when
@@ -53,7 +57,7 @@ def send_one(services: Services, message_id: str, *, last_try: bool) -> str:
     """
     store = services.store
     row = store.row(message_id)
-    if row["status"] != statuses.QUEUED:
+    if row["status"] != statuses.QUEUED or (generation is not None and (row["job_gen"] or 0) != generation):
         return SKIPPED
     try:
         metered = _reserve(services, row)
@@ -99,14 +103,17 @@ def _on_error(services: Services, row: dict[str, Any], metered: Meter | None, ex
     if decision.action is Action.HOLD_SENDER and services.holds is not None:
         held = ACCOUNT_KEY if decision.scope == ACCOUNT else _sender(row)
         services.holds.hold(held, decision.hold_s or DEFAULT_PUSH_BACK_S, decision.reason, code=decision.code)
-        _finish(services, row, statuses.QUEUED, exc)
+        _finish(services, row, statuses.QUEUED, exc, attempt_delta=-1)  # the sender's state, not the message's
         raise Defer(decision.hold_s or DEFAULT_PUSH_BACK_S, "sender_held") from exc
     if exc.status == 429 and metered is not None and isinstance(exc, TelnyxUnavailable):
         # Throttled, not failed: every worker backs off and the message waits its turn, retries untouched.
         seconds = _push_back(services, row, metered, exc)
-        _finish(services, row, statuses.QUEUED, exc)
+        _finish(services, row, statuses.QUEUED, exc, attempt_delta=-1)
         raise Defer(seconds, "telnyx_429") from exc
-    _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, exc)
+    # dramatiq's Retries middleware re-enqueues this job after its backoff: tell the scheduler when to expect it.
+    retry_in_s = (decision.delay_s or 0) + services.settings.send_max_backoff_ms / 1000
+    _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, exc,
+            values={"job_due_at": utcnow() + timedelta(seconds=retry_in_s)})
     if decision.delay_s and not last_try:
         raise dramatiq.Retry(delay=int(decision.delay_s * 1000)) from exc
     raise exc
@@ -151,9 +158,10 @@ def _push_back(services: Services, row: dict[str, Any], metered: Meter, exc: Tel
     return seconds
 
 
-def _finish(services: Services, row: dict[str, Any], status: str, exc: TelnyxError) -> str:
+def _finish(services: Services, row: dict[str, Any], status: str, exc: TelnyxError, *, attempt_delta: int = 0,
+            values: dict[str, Any] | None = None) -> str:
     log.warning("send %s: %s -> %s", row["id"], exc, status)
-    services.store.transition(row["id"], status, from_=[statuses.SENDING],
+    services.store.transition(row["id"], status, from_=[statuses.SENDING], values=values, attempt_delta=attempt_delta,
                               add_errors=[e.as_dict() for e in exc.errors] or
                               [{"code": None, "title": "request failed", "detail": str(exc)}])
     metrics.MESSAGES.labels(status, row["kind"], row["priority"]).inc()

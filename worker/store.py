@@ -70,9 +70,16 @@ messages = sa.Table(
     sa.Column("cost", sa.JSON),
     sa.Column("send_at", UTCDateTime),
     sa.Column("valid_until", UTCDateTime),
+    #: Which job owns a ``queued`` message: every hand-over to a new job (a deferral, a re-enqueue) counts it up,
+    #: and a job carrying an older number stops before it takes a rate slot. Null in rows of older sendqs.
+    sa.Column("job_gen", sa.Integer),
+    #: When the owning job should run at the latest; the scheduler re-enqueues a ``queued`` message whose job
+    #: is ``requeue_after_s`` past this (the job was lost), not one merely waiting for a far-off rate slot.
+    sa.Column("job_due_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_messages_status_updated", "status", "updated_at"),
+    sa.Index("ix_messages_status_job_due", "status", "job_due_at"),
     sa.Index("ix_messages_status_send_at", "status", "send_at"),
 )
 
@@ -135,7 +142,14 @@ CONDITIONS: dict[str, sa.ColumnElement[bool]] = {
 }
 #: What a status change hands back: enough to send the message (a whole row costs more to describe than to fetch).
 _MOVED_COLUMNS = [messages.c[name] for name in ("id", "status", "kind", "priority", "endpoint", "body",
-                                                  "attempts", "valid_until", "send_at", "telnyx_id")]
+                                                  "attempts", "valid_until", "send_at", "telnyx_id", "job_gen")]
+_JOB_GEN = sa.func.coalesce(messages.c.job_gen, 0)
+#: Hand a ``queued`` message to a new job, if it is still owned by job ``_after`` (any job when that is null).
+_NEXT_JOB = (messages.update()
+             .where(messages.c.id == sa.bindparam("_id"), messages.c.status == statuses.QUEUED,
+                    sa.or_(sa.bindparam("_after", type_=sa.Integer).is_(None), sa.bindparam("_after") == _JOB_GEN))
+             .values(job_gen=_JOB_GEN + 1, job_due_at=sa.bindparam("_due"))
+             .returning(messages.c.job_gen))
 _ROW_SELECT = messages.select().where(messages.c.id == sa.bindparam("_id"))
 _ID_BY_TELNYX_ID = sa.select(messages.c.id).where(messages.c.telnyx_id == sa.bindparam("telnyx_id"))
 _PENDING_EVENTS = (sa.select(events.c.event_id, events.c.body)
@@ -145,15 +159,15 @@ _PENDING_EVENTS = (sa.select(events.c.event_id, events.c.body)
 
 @functools.lru_cache(maxsize=512)
 def _move_statement(to: str, allowed: frozenset[str], value_keys: tuple[str, ...], condition: str | None,
-                    count_attempt: bool) -> sa.Update:
+                    attempt_delta: int) -> sa.Update:
     """The UPDATE for one kind of status change, built once: building SQLAlchemy expressions per call cost
     more CPU than running them."""
     tests = [messages.c.id == sa.bindparam("_id"), messages.c.status.in_(sorted(allowed))]
     if condition is not None:
         tests.append(CONDITIONS[condition])
     values: dict[str, Any] = {key: sa.bindparam(key) for key in value_keys}
-    if count_attempt:
-        values["attempts"] = messages.c.attempts + 1
+    if attempt_delta:
+        values["attempts"] = messages.c.attempts + attempt_delta
     return (messages.update().where(*tests)
             .values(status=to, status_at=sa.bindparam("_at"), updated_at=sa.bindparam("_now"), **values)
             .returning(*_MOVED_COLUMNS))
@@ -314,6 +328,7 @@ class Store:
             "priority": new.priority, "sender": new.sender, "messaging_profile_id": new.messaging_profile_id,
             "recipients": new.recipients, "endpoint": new.endpoint, "body": new.body, "status": new.status,
             "attempts": 0, "errors": [], "send_at": new.send_at, "valid_until": new.valid_until,
+            "job_gen": 0, "job_due_at": now if new.status == statuses.QUEUED else None,
             "status_at": now, "created_at": now, "updated_at": now,
         }
         try:
@@ -385,28 +400,30 @@ class Store:
         values: Mapping[str, Any] | None = None,
         add_errors: Iterable[Mapping[str, Any]] = (),
         condition: str | None = None,
+        attempt_delta: int = 0,
     ) -> bool:
         """Move a message to ``to`` if it is in one of ``from_`` (default: any status of lower rank).
 
         One conditional UPDATE decides (``condition`` names an extra test from :data:`CONDITIONS`); ``values``
-        and ``add_errors`` are written with it and the history row in the same transaction. Returns whether
-        this call made the move.
+        and ``add_errors`` are written with it and the history row in the same transaction; ``attempt_delta``
+        corrects the attempt count (a claim that turned out to be throttling gives its attempt back). Returns
+        whether this call made the move.
         """
         add_errors = list(add_errors)
         # Without errors to merge the change is one statement: autocommit makes it one round trip.
         connection = self.engine.begin() if add_errors else self.reader.connect()
         with connection as conn:
             return self._move(conn, message_id, to, from_=from_, at=at, values=values, add_errors=add_errors,
-                              condition=condition) is not None
+                              condition=condition, attempt_delta=attempt_delta) is not None
 
     def _move(self, conn: Connection, message_id: str, to: str, *, from_: Iterable[str] | None = None,
               at: datetime | None = None, values: Mapping[str, Any] | None = None,
               add_errors: Iterable[Mapping[str, Any]] = (), condition: str | None = None,
-              count_attempt: bool = False) -> dict[str, Any] | None:
+              attempt_delta: int = 0) -> dict[str, Any] | None:
         """The conditional UPDATE behind every status change; the moved row, or None if it did not move."""
         allowed = statuses.lower_than(to) if from_ is None else frozenset(from_)
         values = dict(values or {})
-        statement = _move_statement(to, allowed, tuple(sorted(values)), condition, count_attempt)
+        statement = _move_statement(to, allowed, tuple(sorted(values)), condition, attempt_delta)
         now = utcnow()
         moved = conn.execute(statement, {"_id": message_id, "_now": now, "_at": at or now, **values}).mappings().first()
         if moved is None:
@@ -452,7 +469,7 @@ class Store:
         """
         with self.reader.connect() as conn:
             return self._move(conn, message_id, statuses.SENDING, from_=[statuses.QUEUED], condition="still_valid",
-                              count_attempt=True)
+                              attempt_delta=1)
 
     def expire(self, message_id: str) -> bool:
         """``queued`` -> ``expired`` for a message whose ``valid_until`` has passed; never sent."""
@@ -475,8 +492,9 @@ class Store:
             moved = [dict(r) for r in conn.execute(
                 messages.update()
                 .where(messages.c.id.in_(ids), messages.c.status == statuses.SCHEDULED)
-                .values(status=statuses.QUEUED, status_at=now, updated_at=now)
-                .returning(messages.c.id, messages.c.priority, messages.c.send_at)
+                .values(status=statuses.QUEUED, status_at=now, updated_at=now, job_gen=_JOB_GEN + 1,
+                        job_due_at=messages.c.send_at)
+                .returning(messages.c.id, messages.c.priority, messages.c.send_at, messages.c.job_gen)
             ).mappings()]
         return moved
 
@@ -490,6 +508,25 @@ class Store:
         )
         with self.reader.connect() as conn:
             return list(conn.execute(query).scalars())
+
+    def lost_jobs(self, due_before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
+        """``queued`` messages whose job should have run before ``due_before``: ``id``, ``priority``, ``job_gen``."""
+        overdue = sa.or_(messages.c.job_due_at < due_before,
+                         sa.and_(messages.c.job_due_at.is_(None), messages.c.updated_at < due_before))
+        query = (sa.select(messages.c.id, messages.c.priority, messages.c.job_gen)
+                 .where(messages.c.status == statuses.QUEUED, overdue)
+                 .order_by(messages.c.job_due_at).limit(limit))
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def next_job(self, message_id: str, *, after: int | None, due_at: datetime) -> int | None:
+        """Hand a ``queued`` message over to a new job due by ``due_at``; returns the new job's number.
+
+        None when the message is no longer ``queued``, or (with ``after``) another hand-over got there first:
+        the caller must then not enqueue, so one message never has two live jobs.
+        """
+        with self.reader.connect() as conn:
+            return conn.execute(_NEXT_JOB, {"_id": message_id, "_after": after, "_due": due_at}).scalar()
 
     def touch(self, message_id: str, status: str) -> bool:
         """Mark a message as seen without changing its status (so it is not picked as stale again)."""
