@@ -107,7 +107,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     if not settings.public_keys:
         log.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused with 401")
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        log.info("web: webhooks at http://%s:%d/webhooks/telnyx, /healthz and /metrics", args.host, args.port)
+        # log_config=None: uvicorn's records go through sendq's handler (one line, JSON when asked, redacted).
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", log_config=None)
     finally:
         if embedded:
             embedded.close()
@@ -120,6 +122,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from worker.actors import Actors
     from worker.broker import build_broker
     from worker.embedded import resolve_redis
+    from worker.optout_sync import OptOutSync, PeriodicOptOutSync
     from worker.reconcile import Reconciler
     from worker.scheduler import Scheduler
     from worker.store import Store
@@ -134,9 +137,14 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     # Without an API key the scheduler still runs; the reconciler then only handles stuck sends (it warns).
     telnyx = TelnyxClient.from_settings(settings) if settings.api_key() else None
     actors = Actors(broker)
+    optouts = PeriodicOptOutSync(OptOutSync(store, telnyx) if telnyx else None, settings.optout_sync_interval_s)
+    scheduler = Scheduler(settings, store, actors, Reconciler(settings, store, telnyx, actors), optouts)
+    ops = _ops_server(settings, scheduler.health)
     try:
-        Scheduler(settings, store, actors, Reconciler(settings, store, telnyx, actors)).run(stop)
+        scheduler.run(stop)
     finally:
+        if ops:
+            ops.close()
         if telnyx:
             telnyx.close()
         broker.close()
@@ -144,6 +152,15 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         if embedded:
             embedded.close()
     return EXIT_OK
+
+
+def _ops_server(settings: Any, health: Callable[[], dict[str, str]]) -> Any:
+    """``/metrics`` and ``/healthz`` on ``SENDQ_METRICS_PORT`` when it is set (see worker.ops_server)."""
+    if settings.metrics_port is None:
+        return None
+    from worker.ops_server import OpsServer
+
+    return OpsServer(settings.metrics_port, health=health, multiprocess_dir=settings.prometheus_multiproc_dir).start()
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
@@ -176,7 +193,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     print(f"Telnyx simulator on http://{args.host}:{args.port}/v2  "
           f"(TELNYX_BASE_URL=http://{args.host}:{args.port}/v2)", flush=True)
     print(f"TELNYX_PUBLIC_KEY={simulator.public_key}", flush=True)
-    uvicorn.run(create_app(simulator), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(simulator), host=args.host, port=args.port, log_level="warning", log_config=None)
     return EXIT_OK
 
 
@@ -251,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=DEFAULT_WEB_PORT)
 
-    add("scheduler", cmd_scheduler, "run the periodic loop: scheduled messages, lost jobs, reconciliation")
+    add("scheduler", cmd_scheduler,
+        "run the periodic loop: scheduled messages, lost jobs, reconciliation, opt-out sync")
 
     sim = add("simulator", cmd_simulator, "run the local Telnyx API simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -293,28 +311,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("demo", cmd_demo, "run everything on embedded defaults against the simulator and send a batch")
 
-    from producers import bulk_cli, dlq_cli, limits_cli, ops_cli
+    from producers import bulk_cli, campaign_cli, dlq_cli, limits_cli, ops_cli, optouts_cli
 
     bulk_cli.register(add)
+    campaign_cli.register(add)
     ops_cli.register(sub, add)
+    optouts_cli.register(add)
     limits_cli.register(add)
     dlq_cli.register(add)
     return parser
 
 
+def _settings_for_logging() -> Any:
+    """The settings if they are valid, else None: a bad variable is the command's error to report, not logging's."""
+    try:
+        return _settings()
+    except Exception:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from worker.logs import configure_logging
+    from worker.logs import Redactor, configure_logging, secrets_of
 
+    settings = _settings_for_logging()
     # Long-running processes log what they do; one-shot commands print their answer and only warnings.
-    configure_logging("INFO" if args.command in ("worker", "web", "scheduler", "simulator") else "WARNING")
+    long_running = args.command in ("worker", "web", "scheduler", "simulator")
+    configure_logging((settings.log_level if settings else "INFO") if long_running else "WARNING",
+                      json_format=settings is not None and settings.log_format == "json",
+                      secrets=secrets_of(settings))
+    redact = Redactor(secrets_of(settings))  # an error message must not carry the API key either
     try:
         return int(args.handler(args))
     except ValidationError as exc:
-        print(f"sendq: error: {exc}", file=sys.stderr)
+        print(f"sendq: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except SendqError as exc:
-        print(f"sendq: error: {exc}", file=sys.stderr)
+        print(f"sendq: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -4,7 +4,8 @@ messaging profiles.
     sendq numbers list [--profile UUID] [--json]
     sendq numbers show ID [--json]
     sendq profile metrics ID [--time-frame 24h] [--json]
-    sendq optouts list [--profile UUID] [--from SENDER] [--since ISO8601] [--json]
+
+(Telnyx's opt-out blocks are ``sendq optouts list --telnyx``, with the suppression list: :mod:`producers.optouts_cli`.)
 
 They call Telnyx directly and need nothing else (no Redis, no database): only ``TELNYX_API_KEY`` and,
 optionally, ``TELNYX_BASE_URL``. Without ``--json`` they print aligned tables; with it, exactly one JSON
@@ -26,8 +27,6 @@ AddCommand = Callable[..., argparse.ArgumentParser]
 TIME_FRAMES = ("1h", "3h", "24h", "3d", "7d", "30d")
 NUMBER_COLUMNS = (("PHONE NUMBER", "phone_number"), ("ID", "id"), ("TYPE", "type"),
                   ("PROFILE", "messaging_profile_id"), ("PRODUCT", "messaging_product"), ("TAGS", "tags"))
-OPTOUT_COLUMNS = (("TO", "to"), ("FROM", "from"), ("KEYWORD", "keyword"), ("PROFILE", "messaging_profile_id"),
-                  ("CREATED", "created_at"))
 METRIC_COLUMNS = ("TIMESTAMP", "LABEL", "SENT", "DELIVERED", "ERROR RATIO", "RECEIVED")
 
 
@@ -97,20 +96,8 @@ def cmd_profile_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_optouts_list(args: argparse.Namespace) -> int:
-    """Telnyx's opt-out blocks (recipients who texted STOP), every page, optionally filtered."""
-    with telnyx_client() as client:
-        optouts = list(client.optouts.list(messaging_profile_id=args.profile, from_=args.from_,
-                                           created_at_gte=args.since))
-    emit(args, {"data": optouts}, table([h for h, _ in OPTOUT_COLUMNS],
-                                        [[o.get(key) for _, key in OPTOUT_COLUMNS] for o in optouts]))
-    return 0
-
-
-
-
 def register(sub: Any, add: AddCommand) -> None:
-    """Add ``numbers``, ``profile`` and ``optouts`` (each a group of subcommands) to the ``sendq`` parser.
+    """Add ``numbers`` and ``profile`` (each a group of subcommands) to the ``sendq`` parser.
 
     ``add`` is ``build_parser``'s helper for a top-level command; the subcommands hang below it.
     """
@@ -126,10 +113,3 @@ def register(sub: Any, add: AddCommand) -> None:
     metrics = subcommand(commands, "metrics", cmd_profile_metrics, "show a messaging profile's metrics")
     metrics.add_argument("id", metavar="ID", help="messaging profile UUID")
     metrics.add_argument("--time-frame", choices=TIME_FRAMES, default="24h", help="window to report (default 24h)")
-
-    optouts = add("optouts", group_only, "inspect opt-outs (recipients who texted STOP)")
-    commands = optouts.add_subparsers(dest="optouts_command", required=True, metavar="COMMAND")
-    listing = subcommand(commands, "list", cmd_optouts_list, "list Telnyx's opt-out blocks, every page")
-    listing.add_argument("--profile", metavar="UUID", help="only this messaging profile's")
-    listing.add_argument("--from", dest="from_", metavar="SENDER", help="only blocks on this sending number")
-    listing.add_argument("--since", metavar="ISO8601", help="only blocks created at or after this time")

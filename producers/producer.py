@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
 
+from producers.campaign import CampaignOptions, ingest, numbered
 from producers.validation import SendRequest, validate
 from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
 from worker.bulk_updates import BulkUpdates, check_request
+from worker.campaigns import RUNNING, Campaigns, RowError, check_control, progress
 from worker.embedded import EmbeddedRedis, resolve_redis
 from worker.errors import ConflictError, TelnyxRefused, ValidationError
+from worker.hooks import Hooks
+from worker.limiter import Limiter
 from worker.settings import Settings
 from worker.store import Store, utcnow
 from worker.telnyx import TelnyxClient
@@ -150,3 +154,69 @@ class Producer:
     def bulk_status(self, bulk_id: str) -> dict[str, Any]:
         """The bulk update's record (CONTRACT.md). Raises NotFoundError for an unknown id."""
         return BulkUpdates(self.store.engine).record(bulk_id)
+
+    # -- campaigns ---------------------------------------------------------------------------------------
+
+    def campaign(self, recipients: Iterable[Mapping[str, Any]], *, template: str, phone_column: str = "phone",
+                 on_error: Callable[[RowError], None] | None = None, **options: Any) -> dict[str, Any]:
+        """Create a campaign sending ``template`` to ``recipients`` (mappings with ``phone_column`` and the
+        template's variables), streamed; returns its counts (see :meth:`create_campaign`).
+
+        ``options``: ``from_`` (a sender or a list of senders, used in turn), ``profile``, ``media_urls``,
+        ``send_at``, ``name``, ``valid_for`` (seconds each message stays sendable once created), ``rate_cap``
+        (messages per second) and ``kind``.
+        """
+        senders = options.pop("from_", ())
+        return self.create_campaign(CampaignOptions(template=template, senders=senders, **options),
+                                    numbered(recipients), phone_column=phone_column, on_error=on_error)
+
+    def create_campaign(self, options: CampaignOptions, rows: Iterable[tuple[int, Mapping[str, Any]]], *,
+                        phone_column: str, on_error: Callable[[RowError], None] | None = None) -> dict[str, Any]:
+        """Validate ``options``, store the campaign and stream ``rows`` (``(line, columns)``) into it.
+
+        Returns ``{"id", "status", "rows_read", "rows_invalid", "duplicates", "recipients"}``; bad rows go to
+        ``on_error`` and are skipped. Sending starts after the first batch is stored.
+        """
+        checked = options.check(self.settings.webhook_url)
+        book = Campaigns(self.store.engine, self.store.reader)
+        campaign = book.insert(**checked)
+
+        def start() -> None:
+            if campaign["status"] == RUNNING:
+                self.actors.enqueue_expander(campaign["id"])
+
+        result = ingest(book, campaign, rows, phone_column=phone_column, on_error=on_error or (lambda e: None),
+                        start=start)
+        return result.as_dict()
+
+    def campaign_status(self, campaign_id: str) -> dict[str, Any]:
+        """Progress of a campaign: messages by status, recent send rate and ETA at the current limits."""
+        book = Campaigns(self.store.engine, self.store.reader)
+        return progress(book, book.get(campaign_id), Limiter.from_settings(self.actors.broker.client, self.settings))
+
+    def pause_campaign(self, campaign_id: str) -> dict[str, Any]:
+        """Stop a campaign's sends; a message already handed to a worker's send finishes. Returns its status."""
+        book = Campaigns(self.store.engine, self.store.reader)
+        check_control(book.get(campaign_id), "pause")
+        book.pause(campaign_id)
+        return self.campaign_status(campaign_id)
+
+    def resume_campaign(self, campaign_id: str) -> dict[str, Any]:
+        """Continue a paused campaign where it stopped."""
+        book = Campaigns(self.store.engine, self.store.reader)
+        check_control(book.get(campaign_id), "resume")
+        for message_id in book.resume(campaign_id):
+            self.actors.hand_over(self.store, message_id, "bulk", after=None)
+        if book.get(campaign_id)["status"] == RUNNING:
+            self.actors.enqueue_expander(campaign_id)
+        return self.campaign_status(campaign_id)
+
+    def cancel_campaign(self, campaign_id: str) -> dict[str, Any]:
+        """Finalize a campaign: whatever is not yet handed to Telnyx ends ``cancelled``."""
+        book = Campaigns(self.store.engine, self.store.reader)
+        check_control(book.get(campaign_id), "cancel")
+        finished_here = book.cancel(campaign_id)
+        record = self.campaign_status(campaign_id)
+        if finished_here:
+            Hooks.from_settings(self.settings, self.actors.broker).campaign_finished(record)
+        return record

@@ -150,7 +150,7 @@ def stack(base_settings: Settings, simulator: Simulator) -> Iterator[Stack]:
     })
     with ServerThread(create_web_app(settings), port=web_port) as web:
         broker = build_broker(settings)
-        services = Services.build(settings, redis_client=broker.client)
+        services = Services.build(settings, broker=broker)
         actors = Actors(broker, services)
         worker = start_worker(actors, threads=4, idle_poll_ms=100)
         try:

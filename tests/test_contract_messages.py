@@ -114,7 +114,7 @@ def test_an_opted_out_recipient_is_refused_with_40300_until_start(sdk, simulator
     assert sdk.messages.send(to="+13125550002", from_="+13125550001", text="x").data.id
 
 
-def test_sendq_optouts_list_prints_every_page(simulator):
+def test_sendq_optouts_list_telnyx_prints_every_page(simulator):
     import json
     import os
     import subprocess
@@ -124,11 +124,11 @@ def test_sendq_optouts_list_prints_every_page(simulator):
         httpx.post(f"{simulator.url}/_sim/inbound", json={"from": f"+1312555091{i}", "to": "+13125550001",
                                                           "text": "unsubscribe"}).raise_for_status()
     env = {**os.environ, "TELNYX_BASE_URL": f"{simulator.url}/v2", "TELNYX_API_KEY": "KEY-test"}
-    done = subprocess.run([sys.executable, "-m", "producers.cli", "optouts", "list", "--json"], env=env,
+    done = subprocess.run([sys.executable, "-m", "producers.cli", "optouts", "list", "--telnyx", "--json"], env=env,
                           capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0, done.stderr
     assert sorted(o["to"] for o in json.loads(done.stdout)["data"]) == [f"+1312555091{i}" for i in range(3)]
-    table = subprocess.run([sys.executable, "-m", "producers.cli", "optouts", "list"], env=env,
+    table = subprocess.run([sys.executable, "-m", "producers.cli", "optouts", "list", "--telnyx"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert "UNSUBSCRIBE" in table.stdout and table.stdout.startswith("TO")

@@ -75,7 +75,10 @@ def test_an_event_before_the_telnyx_id_is_known_is_parked_then_applied(store):
 def test_an_inbound_or_unknown_event_changes_no_message(store):
     message_id, telnyx_id = submitted(store)
     inbound = {"data": {"event_type": "message.received", "id": str(uuid.uuid4()),
-                        "payload": {"id": telnyx_id, "direction": "inbound", "text": "STOP"}}}
+                        "payload": {"id": telnyx_id, "direction": "inbound", "text": "STOP",
+                                    "from": {"phone_number": "+13125550002"},
+                                    "to": [{"phone_number": "+13125550001"}]}}}
 
-    assert events.apply_event(store, inbound) == events.IGNORED
+    # Recorded (and the STOP acted on, see test_inbound.py), but no outbound message moves.
+    assert events.apply_event(store, inbound) == events.APPLIED
     assert store.record(message_id)["status"] == statuses.SUBMITTED

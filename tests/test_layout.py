@@ -43,9 +43,11 @@ def test_only_settings_reads_the_environment():
         str(path.relative_to(ROOT))
         for package in ("worker", "producers")
         for path in (ROOT / package).rglob("*.py")
-        if re.search(r"os\.environ(?!\[\"REDIS_URL\"\] =)|os\.getenv|environ\.get", path.read_text())
+        if re.search(r"os\.environ(?!\[\"(REDIS_URL|PROMETHEUS_MULTIPROC_DIR)\"\] =)|os\.getenv|environ\.get",
+                     path.read_text())
     )
-    # settings.py reads through pydantic-settings; embedded.py only publishes REDIS_URL to child processes.
+    # settings.py reads through pydantic-settings; embedded.py only publishes REDIS_URL to child processes, and
+    # ops_server.py PROMETHEUS_MULTIPROC_DIR (prometheus_client reads it when a child imports it).
     assert readers == ["worker/settings.py"]
 
 

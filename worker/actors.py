@@ -17,6 +17,7 @@ from dramatiq.middleware import CurrentMessage
 from worker import metrics
 from worker.broker import DEFAULT, EVENTS, PRIORITY_FOR_QUEUE, QUEUE_FOR_PRIORITY
 from worker.bulk_updates import run_bulk_update
+from worker.campaigns import expand_campaign
 from worker.errors import ConfigurationError, NotFoundError
 from worker.events import apply_event
 from worker.sending import Defer, send_one
@@ -39,6 +40,10 @@ class Actors:
         )
         self.bulk_update = dramatiq.actor(
             self._bulk_update, broker=broker, actor_name="bulk_update", queue_name=DEFAULT,
+        )
+        # Short bookkeeping that must not wait behind a backlog of sends: it rides the events queue.
+        self.expand_campaign = dramatiq.actor(
+            self._expand_campaign, broker=broker, actor_name="expand_campaign", queue_name=EVENTS,
         )
 
     @property
@@ -76,6 +81,9 @@ class Actors:
     def enqueue_bulk_update(self, bulk_id: str, *, delay_ms: int | None = None) -> None:
         self.bulk_update.send_with_options(args=(bulk_id,), delay=delay_ms)
 
+    def enqueue_expander(self, campaign_id: str, *, delay_ms: int | None = None) -> None:
+        self.expand_campaign.send_with_options(args=(campaign_id,), delay=delay_ms)
+
     # Actors return None: outcomes live in the store and the metrics, not in a result backend.
 
     def _send_message(self, message_id: str, generation: int | None = None) -> None:
@@ -90,10 +98,15 @@ class Actors:
                            delay_ms=max(1, int(deferred.delay_s * 1000)), retries=retries)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
-        metrics.EVENTS.labels(apply_event(self.services.store, event)).inc()
+        metrics.EVENTS.labels(apply_event(self.services.store, event, self.services.hooks)).inc()
 
     def _bulk_update(self, bulk_id: str) -> None:
         # One step per job; the next poll waits in Redis as a delayed message, not in a sleeping thread.
         delay = run_bulk_update(self.services, bulk_id)
         if delay is not None:
             self.enqueue_bulk_update(bulk_id, delay_ms=int(delay * 1000) or None)
+
+    def _expand_campaign(self, campaign_id: str) -> None:
+        delay = expand_campaign(self.services, self, campaign_id)
+        if delay is not None:
+            self.enqueue_expander(campaign_id, delay_ms=int(delay * 1000) or None)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
 
 from worker import metrics
+from worker.queue_metrics import holds_key
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class SenderHolds:
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
+        self.namespace = namespace
         self.prefix = f"{namespace}:hold:"
 
     def hold(self, sender: str, seconds: float, reason: str, *, code: str | None = None) -> None:
@@ -56,6 +59,7 @@ class SenderHolds:
         # Two workers may race here; either value is right, and a shorter hold never cuts a longer one short.
         if self.client.pttl(key) < ttl_ms:
             self.client.set(key, value, px=ttl_ms)
+            self._index(sender, ttl_ms)
         metrics.SENDER_HOLDS.labels(code or "none").inc()
         who = "every sender (account-wide)" if sender == ACCOUNT_KEY else f"sender {sender}"
         log.warning("holding %s for %d s after Telnyx error %s: %s. Its messages wait in the queue; the hold "
@@ -78,7 +82,17 @@ class SenderHolds:
 
     def release(self, sender: str) -> bool:
         """End ``sender``'s hold now; False when it was not held."""
+        self.client.zrem(holds_key(self.namespace), sender)
         return bool(self.client.delete(self.prefix + sender))
+
+    def _index(self, sender: str, ttl_ms: int) -> None:
+        """Keep the ZSET of held senders (scored by when each hold lapses) that ``sendq_senders_held`` counts,
+        so a scrape never scans the keyspace for hold keys."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(holds_key(self.namespace), {sender: now + ttl_ms / 1000})
+        pipe.zremrangebyscore(holds_key(self.namespace), "-inf", now)
+        pipe.execute()
 
     def _read(self, senders: list[str]) -> list[Hold]:
         if not senders:

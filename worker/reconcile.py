@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from worker import metrics, statuses
 from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable
 from worker.events import FINALIZED, SENT, apply_event
+from worker.hooks import Hooks
 from worker.settings import Settings
 from worker.store import Store, utcnow
 
@@ -89,6 +90,8 @@ class Reconciler:
         self.store = store
         self.telnyx = telnyx
         self.actors = actors
+        #: The application's status hook: a message the reconciler makes final is handed over like any other.
+        self.hooks = Hooks.from_settings(settings, actors.broker)
         self._lock = threading.Lock()
         self._pass: threading.Thread | None = None
         self._paused_until = 0.0
@@ -143,6 +146,7 @@ class Reconciler:
     def _fail(self, row: dict[str, Any]) -> None:
         error = self._ambiguous(row, "not re-sent: " + self._why_not(row))
         if self.store.transition(row["id"], statuses.FAILED, from_=[statuses.SENDING], add_errors=[error]):
+            self.hooks.final_status(self.store, row["id"], statuses.FAILED)
             metrics.MESSAGES.labels(statuses.FAILED, row["kind"], row["priority"]).inc()
             metrics.RECONCILED.labels("failed_ambiguous").inc()
             log.warning("message %s failed: its send is ambiguous (%s)", row["id"], error["detail"])
@@ -206,7 +210,7 @@ class Reconciler:
             return self._refused(row, status, exc)
         event = synthetic_event(row["telnyx_id"], payload) if isinstance(payload, dict) else None
         if event is not None:
-            apply_event(self.store, event)
+            apply_event(self.store, event, self.hooks)
         now_status = self.store.row(message_id)["status"]
         if now_status == status:
             self.store.touch(message_id, status)  # Telnyx is still on it: ask again after finalize_after_s
@@ -221,6 +225,7 @@ class Reconciler:
             error = {"code": "not_found", "title": "Outcome never confirmed",
                      "detail": "no final webhook arrived, and Telnyx no longer keeps the message (10 days)"}
             if self.store.transition(row["id"], statuses.DELIVERY_UNCONFIRMED, from_=[status], add_errors=[error]):
+                self.hooks.final_status(self.store, row["id"], statuses.DELIVERY_UNCONFIRMED)
                 metrics.RECONCILED.labels("unconfirmed").inc()
                 return 1
             return 0

@@ -2,6 +2,8 @@
 
 1. The row is read; only a ``queued`` message owned by this job goes on (a duplicate or superseded job
    stops here for the price of a read, before it takes a rate slot another message could use).
+   A recipient on the suppression list (opted out of the sender or its profile) ends it ``suppressed`` here,
+   without a Telnyx call.
 2. The limiter reserves the next slot on the sender and the account in one Redis call. A slot within
    ``limiter_max_wait_s`` is slept for; a later one is not reserved at all and the job is deferred
    (:class:`Defer`) to when it comes, which costs no retry: a throttled sender never holds worker threads
@@ -59,6 +61,8 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
     row = store.row(message_id)
     if row["status"] != statuses.QUEUED or (generation is not None and (row["job_gen"] or 0) != generation):
         return SKIPPED
+    if (outcome := _suppress(services, row)) is not None:
+        return outcome
     try:
         metered = _reserve(services, row)
     except ValidationError as exc:
@@ -66,10 +70,11 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
         store.transition(message_id, statuses.REJECTED, from_=[statuses.QUEUED],
                          add_errors=[{"code": "sendq.invalid", "title": "cannot be rate limited", "detail": str(exc)}])
         return statuses.REJECTED
-    claimed = store.claim(message_id)
+    claimed = store.claim(message_id, generation)
     if claimed is None:
         if store.expire(message_id):
             metrics.MESSAGES.labels(statuses.EXPIRED, row["kind"], row["priority"]).inc()
+            services.hooks.final_status(store, message_id, statuses.EXPIRED)
             return statuses.EXPIRED
         return SKIPPED
     try:
@@ -86,7 +91,8 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
     store.transition(message_id, status, from_=[statuses.SENDING],
                      values={"telnyx_id": telnyx_id, "parts": data.get("parts"), "cost": data.get("cost")})
     metrics.MESSAGES.labels(status, row["kind"], row["priority"]).inc()
-    apply_pending(store, message_id, telnyx_id)
+    metrics.observe_accepted(row["priority"], max(row["created_at"], row["send_at"] or row["created_at"]), utcnow())
+    apply_pending(store, message_id, telnyx_id, services.hooks)
     return status
 
 
@@ -99,6 +105,7 @@ def _on_error(services: Services, row: dict[str, Any], metered: Meter | None, ex
     if decision.action is Action.REJECT:
         return _finish(services, row, statuses.REJECTED, exc)
     if decision.action is Action.SUPPRESS:
+        _remember_opt_out(services, row, exc)
         return _finish(services, row, statuses.SUPPRESSED, exc)
     if decision.action is Action.HOLD_SENDER and services.holds is not None:
         held = ACCOUNT_KEY if decision.scope == ACCOUNT else _sender(row)
@@ -114,9 +121,41 @@ def _on_error(services: Services, row: dict[str, Any], metered: Meter | None, ex
     retry_in_s = (decision.delay_s or 0) + services.settings.send_max_backoff_ms / 1000
     _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, exc,
             values={"job_due_at": utcnow() + timedelta(seconds=retry_in_s)})
+    if not last_try:
+        reason = f"code_{metrics.code_label(decision.code)}" if decision.code else metrics.status_reason(exc.status)
+        metrics.RETRIES.labels("job", reason).inc()
     if decision.delay_s and not last_try:
         raise dramatiq.Retry(delay=int(decision.delay_s * 1000)) from exc
     raise exc
+
+
+def _suppress(services: Services, row: dict[str, Any]) -> str | None:
+    """End the message ``suppressed`` without calling Telnyx if a recipient opted out of its sender or profile.
+
+    Returns None when it may go on, else the status it reached. A group MMS is suppressed as a whole when any
+    recipient opted out: Telnyx refuses such a request as a whole (40300), and sending to the others alone
+    would start a different group conversation than the one asked for. One indexed query (see
+    :class:`worker.suppressions.Suppressions`).
+    """
+    blocked = services.suppressions.suppressed(row["recipients"], sender=row["sender"],
+                                               profile=row["messaging_profile_id"])
+    if not blocked:
+        return None
+    scope = " / ".join(s for s in (row["sender"], row["messaging_profile_id"]) if s)
+    error = {"code": "sendq.suppressed", "title": "Recipient opted out",
+             "detail": f"{', '.join(blocked)} opted out of messages from {scope} (STOP); not sent"}
+    if not services.store.transition(row["id"], statuses.SUPPRESSED, from_=[statuses.QUEUED], add_errors=[error]):
+        return SKIPPED  # cancelled or taken meanwhile
+    metrics.MESSAGES.labels(statuses.SUPPRESSED, row["kind"], row["priority"]).inc()
+    services.hooks.final_status(services.store, row["id"], statuses.SUPPRESSED)
+    return statuses.SUPPRESSED
+
+
+def _remember_opt_out(services: Services, row: dict[str, Any], exc: TelnyxError) -> None:
+    """Telnyx refused the message because a recipient opted out (40300): add the pair to the suppression list,
+    so the next message to them stops before calling Telnyx."""
+    services.suppressions.record_refusal(row["recipients"], sender=row["sender"], profile=row["messaging_profile_id"],
+                                         details=[e.detail for e in exc.errors])
 
 
 def _sender(row: dict[str, Any]) -> str:
@@ -143,7 +182,9 @@ def _reserve(services: Services, row: dict[str, Any]) -> Meter | None:
         metrics.DEFERRALS.labels(slot.limited_by or "rate").inc()
         # Come back when the slot is within reach, so the sender stays busy without a gap.
         raise Defer(max(slot.wait_s - max_wait, 0.0) + 0.001, slot.limited_by or "rate")
-    metrics.LIMITER_WAIT.observe(slot.wait_s)
+    metrics.LIMITER_WAIT.labels(metered.keys.sender_type).observe(slot.wait_s)
+    if services.usage is not None:
+        services.usage.record(metered.keys, metered.cost)
     if slot.wait_s > 0:
         time.sleep(slot.wait_s)
     return metered
@@ -161,10 +202,13 @@ def _push_back(services: Services, row: dict[str, Any], metered: Meter, exc: Tel
 def _finish(services: Services, row: dict[str, Any], status: str, exc: TelnyxError, *, attempt_delta: int = 0,
             values: dict[str, Any] | None = None) -> str:
     log.warning("send %s: %s -> %s", row["id"], exc, status)
-    services.store.transition(row["id"], status, from_=[statuses.SENDING], values=values, attempt_delta=attempt_delta,
-                              add_errors=[e.as_dict() for e in exc.errors] or
-                              [{"code": None, "title": "request failed", "detail": str(exc)}])
+    moved = services.store.transition(row["id"], status, from_=[statuses.SENDING], values=values,
+                                      attempt_delta=attempt_delta,
+                                      add_errors=[e.as_dict() for e in exc.errors] or
+                                      [{"code": None, "title": "request failed", "detail": str(exc)}])
+    if moved:
+        services.hooks.final_status(services.store, row["id"], status)  # the application's hook, if final
     metrics.MESSAGES.labels(status, row["kind"], row["priority"]).inc()
     for code in exc.codes:
-        metrics.TELNYX_ERRORS.labels(code).inc()
+        metrics.TELNYX_ERRORS.labels(metrics.code_label(code)).inc()
     return status

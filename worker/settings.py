@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_TELNYX_BASE_URL = "https://api.telnyx.com/v2"
@@ -105,7 +105,21 @@ class Settings(BaseSettings):
     #: How long after an urgent message (sent or waiting) its sender counts as having urgent traffic.
     urgent_active_s: float = Field(default=5.0, gt=0)
 
+    #: The application's dramatiq actor that receives every inbound message, as ``actor_name`` or
+    #: ``queue_name:actor_name`` (queue ``hooks`` by default); unset: no hook (see worker.hooks).
+    inbound_actor: str | None = None
+    #: The same for the record of every message that reaches a final status.
+    status_actor: str | None = None
+    #: How often ``sendq scheduler`` fetches the opt-outs Telnyx added since the last fetch
+    #: (``GET /messaging_optouts``, ``created_at[gte]``) into the suppression list; 0 turns it off.
+    optout_sync_interval_s: float = Field(default=300.0, ge=0)
+
     log_level: str = "INFO"
+    #: ``text``: one readable line per event; ``json``: one JSON object per line (for log shippers).
+    log_format: Literal["text", "json"] = "text"
+    #: Where ``sendq worker`` and ``sendq scheduler`` serve ``/metrics`` and ``/healthz``; unset: not served
+    #: (``sendq web`` serves both on its own port). Deployments set it; the Procfile's processes share a host.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: prometheus_client's own switch: every process writes samples here and /metrics aggregates them.
     #: It must be in the environment before prometheus_client is imported, so it is read, not set, here.
     prometheus_multiproc_dir: str | None = Field(default=None, validation_alias=_env("PROMETHEUS_MULTIPROC_DIR"))
@@ -128,6 +142,15 @@ class Settings(BaseSettings):
         from worker.limits import parse_account_mps
 
         return parse_account_mps(value)
+
+    @field_validator("inbound_actor", "status_actor")
+    @classmethod
+    def _check_hook(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Raises worker.errors.ValidationError naming the variable: CLI exit 2.
+        from worker.hooks import Target
+
+        Target.parse(value, f"SENDQ_{info.field_name.upper()}")
+        return value.strip() if value and value.strip() else None
 
     @property
     def public_keys(self) -> list[str]:

@@ -76,10 +76,13 @@ messages = sa.Table(
     #: When the owning job should run at the latest; the scheduler re-enqueues a ``queued`` message whose job
     #: is ``requeue_after_s`` past this (the job was lost), not one merely waiting for a far-off rate slot.
     sa.Column("job_due_at", UTCDateTime),
+    #: The campaign the message belongs to (see :mod:`worker.campaigns`), null for single sends.
+    sa.Column("campaign_id", sa.String(36)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_messages_status_updated", "status", "updated_at"),
     sa.Index("ix_messages_status_job_due", "status", "job_due_at"),
+    sa.Index("ix_messages_campaign_status", "campaign_id", "status"),
     sa.Index("ix_messages_status_send_at", "status", "send_at"),
 )
 
@@ -90,6 +93,8 @@ history = sa.Table(
     sa.Column("message_id", sa.String(36), sa.ForeignKey("messages.id"), nullable=False, index=True),
     sa.Column("status", sa.String(24), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
+    #: A campaign's recent send rate counts its ``submitted`` entries of the last seconds.
+    sa.Index("ix_history_status_at", "status", "at"),
 )
 
 #: Every verified Telnyx event, keyed by its id: the durable dedupe, and the parking place of events that
@@ -135,11 +140,126 @@ bulk_updates = sa.Table(
 )
 
 
+#: Recipients sendq never sends to from a scope: a messaging profile id, or a sender (number, short code, ID).
+#: Filled by STOP keywords, Telnyx's 40300 refusals, the opt-out sync and operators (see worker.suppressions).
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("recipient", sa.String(64), primary_key=True),
+    sa.Column("scope", sa.String(64), primary_key=True),
+    #: The profile the block belongs to when known (equal to ``scope`` for a profile-wide block).
+    sa.Column("messaging_profile_id", sa.String(64)),
+    #: The sender number the block was learned on (the number that received the STOP, or that was refused).
+    sa.Column("number", sa.String(64)),
+    #: stop_keyword, telnyx_40300, telnyx_sync or manual.
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("keyword", sa.String(32)),
+    #: When the opt-out happened (Telnyx's time where Telnyx says): a later START undoes it, an earlier one not.
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_suppressions_scope", "scope"),
+)
+
+#: Messages recipients sent to our numbers (``message.received``), once each by Telnyx message id.
+inbound_messages = sa.Table(
+    "inbound_messages",
+    metadata,
+    sa.Column("telnyx_id", sa.String(64), primary_key=True),
+    sa.Column("from_number", sa.String(64), nullable=False),
+    sa.Column("to_number", sa.String(64)),
+    sa.Column("text", sa.Text),
+    sa.Column("messaging_profile_id", sa.String(64)),
+    #: The opt-out or opt-in keyword the text is (``stop``, ``start``, ...), else null.
+    sa.Column("keyword", sa.String(32)),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Index("ix_inbound_from_received", "from_number", "received_at"),
+)
+
+#: Clicks on links Telnyx shortened in our messages (``link_clicked`` webhooks), against the message.
+link_clicks = sa.Table(
+    "link_clicks",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    #: sendq's message id; null when the click names a message sendq does not know.
+    sa.Column("message_id", sa.String(36), index=True),
+    sa.Column("telnyx_message_id", sa.String(64), nullable=False),
+    sa.Column("recipient", sa.String(64)),
+    sa.Column("url", sa.Text),
+    sa.Column("clicked_at", UTCDateTime),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
+#: Small named values that must outlive Redis: the opt-out sync's high-water mark.
+sync_state = sa.Table(
+    "sync_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+#: A campaign: one template sent to many recipients, expanded into messages at the senders' pace.
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200)),
+    #: ingesting (recipients still being stored; sending may already run), scheduled, running, paused,
+    #: cancelled, completed.
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    #: The message body without ``to``, ``from`` and ``text``, which each recipient fills in.
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("senders", sa.JSON, nullable=False),
+    sa.Column("messaging_profile_id", sa.String(64)),
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("send_at", UTCDateTime),
+    sa.Column("valid_for_s", sa.Integer),
+    #: Messages per second at most, below what the senders allow; null for the senders' own pace.
+    sa.Column("rate_cap", sa.Float),
+    #: Messages the expander may still create under ``rate_cap`` (a token bucket), as of ``credit_at``.
+    sa.Column("credit", sa.Float, nullable=False, default=0.0),
+    sa.Column("credit_at", UTCDateTime),
+    sa.Column("rows_read", sa.Integer, nullable=False, default=0),
+    sa.Column("rows_invalid", sa.Integer, nullable=False, default=0),
+    sa.Column("duplicates", sa.Integer, nullable=False, default=0),
+    sa.Column("recipients", sa.Integer, nullable=False, default=0),
+    #: True once every recipient is stored: the campaign can complete only then.
+    sa.Column("ingested", sa.Boolean, nullable=False, default=False),
+    #: Recipients up to this ``seq`` have their message.
+    sa.Column("expanded_through", sa.Integer, nullable=False, default=0),
+    sa.Column("expanded", sa.Integer, nullable=False, default=0),
+    #: The lease of a running expander job, or when the next one is due (as for bulk updates).
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("completed_at", UTCDateTime),
+)
+
+#: A campaign's validated recipients, in file order; the text is rendered once, when the row is read.
+campaign_recipients = sa.Table(
+    "campaign_recipients",
+    metadata,
+    sa.Column("campaign_id", sa.String(36), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("phone", sa.String(20), nullable=False),
+    sa.Column("sender", sa.String(64)),
+    sa.Column("text", sa.Text),
+    sa.UniqueConstraint("campaign_id", "phone", name="uq_campaign_recipient"),
+)
+
+
 #: Extra tests a status change can require, by name, evaluated at the change's own ``_now``.
 CONDITIONS: dict[str, sa.ColumnElement[bool]] = {
     "still_valid": sa.or_(messages.c.valid_until.is_(None), messages.c.valid_until > sa.bindparam("_now")),
     "past_validity": messages.c.valid_until <= sa.bindparam("_now"),
 }
+#: A claim by job ``_gen``: still owned by that job (a paused campaign's messages were taken from theirs).
+CONDITIONS["owned_and_valid"] = sa.and_(CONDITIONS["still_valid"],
+                                        sa.func.coalesce(messages.c.job_gen, 0) == sa.bindparam("_gen"))
 #: What a status change hands back: enough to send the message (a whole row costs more to describe than to fetch).
 _MOVED_COLUMNS = [messages.c[name] for name in ("id", "status", "kind", "priority", "endpoint", "body",
                                                   "attempts", "valid_until", "send_at", "telnyx_id", "job_gen")]
@@ -419,13 +539,14 @@ class Store:
     def _move(self, conn: Connection, message_id: str, to: str, *, from_: Iterable[str] | None = None,
               at: datetime | None = None, values: Mapping[str, Any] | None = None,
               add_errors: Iterable[Mapping[str, Any]] = (), condition: str | None = None,
-              attempt_delta: int = 0) -> dict[str, Any] | None:
+              attempt_delta: int = 0, generation: int | None = None) -> dict[str, Any] | None:
         """The conditional UPDATE behind every status change; the moved row, or None if it did not move."""
         allowed = statuses.lower_than(to) if from_ is None else frozenset(from_)
         values = dict(values or {})
         statement = _move_statement(to, allowed, tuple(sorted(values)), condition, attempt_delta)
         now = utcnow()
-        moved = conn.execute(statement, {"_id": message_id, "_now": now, "_at": at or now, **values}).mappings().first()
+        params = {"_id": message_id, "_now": now, "_at": at or now, "_gen": generation, **values}
+        moved = conn.execute(statement, params).mappings().first()
         if moved is None:
             return None
         extra = [dict(e) for e in add_errors]
@@ -462,14 +583,16 @@ class Store:
                              .values(recipient_statuses=current))
         return current
 
-    def claim(self, message_id: str) -> dict[str, Any] | None:
-        """``queued`` -> ``sending``, counting the attempt, unless the message is no longer valid.
+    def claim(self, message_id: str, generation: int | None = None) -> dict[str, Any] | None:
+        """``queued`` -> ``sending``, counting the attempt, unless the message is no longer valid (or, with
+        ``generation``, no longer owned by that job).
 
-        None when another worker claimed it, it was cancelled, or its ``valid_until`` has passed.
+        None when another worker claimed it, it was cancelled or paused, or its ``valid_until`` has passed.
         """
+        condition = "still_valid" if generation is None else "owned_and_valid"
         with self.reader.connect() as conn:
-            return self._move(conn, message_id, statuses.SENDING, from_=[statuses.QUEUED], condition="still_valid",
-                              attempt_delta=1)
+            return self._move(conn, message_id, statuses.SENDING, from_=[statuses.QUEUED], condition=condition,
+                              attempt_delta=1, generation=generation)
 
     def expire(self, message_id: str) -> bool:
         """``queued`` -> ``expired`` for a message whose ``valid_until`` has passed; never sent."""

@@ -97,7 +97,9 @@ def routes(sim: Simulator) -> list[Route]:
             return refusal.response()
 
     async def inbound(request: Request) -> Response:
-        """Control: a recipient texts one of our numbers (``{"from", "to", "text", "messaging_profile_id"?}``)."""
+        """Control: a recipient texts one of our numbers (``{"from", "to", "text", "messaging_profile_id"?,
+        "webhook_url"?}``); the ``message.received`` webhook goes to ``webhook_url``, else ``--webhook-url``
+        (Telnyx sends it to the receiving number's messaging profile URL)."""
         try:
             body = await json_object(request)
         except Refusal as refusal:
@@ -114,7 +116,8 @@ def routes(sim: Simulator) -> list[Route]:
             "num_chars": len(body.get("text") or ""), "cost": {"amount": "0.0000", "currency": "USD"},
             "received_at": now_iso(), "sent_at": None, "completed_at": None, "valid_until": None, "errors": [],
             "tags": [], "tcr_campaign_id": None, "tcr_campaign_billable": False, "tcr_campaign_registered": None,
-            "webhook_url": sim.config.webhook_url, "webhook_failover_url": sim.config.webhook_failover_url,
+            "webhook_url": body.get("webhook_url") or sim.config.webhook_url,
+            "webhook_failover_url": sim.config.webhook_failover_url,
         }
         sim.spawn(sim.emit_inbound(payload))
         return JSONResponse({"data": payload, "keyword": acted})

@@ -9,12 +9,14 @@ This is the one module that sees ``httpx`` exceptions and HTTP statuses; it tran
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
 import tenacity
 
+from worker import metrics
 from worker.classify import MAX_IN_CALL_WAIT_S, retryable_in_call
 from worker.errors import ApiError, TelnyxError, TelnyxRefused, TelnyxUnavailable
 
@@ -77,6 +79,11 @@ def _wait(state: tenacity.RetryCallState) -> float:
     return backoff * (0.75 + random.random() / 4)
 
 
+def _count_retry(state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    metrics.RETRIES.labels("call", metrics.status_reason(getattr(error, "status", None))).inc()
+
+
 def _retryable(error: BaseException) -> bool:
     # worker.classify's table decides (RETRY_NOW rows, with no long wait asked): one source of truth.
     return retryable_in_call(error)
@@ -108,6 +115,7 @@ class Transport:
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=_wait,
             retry=tenacity.retry_if_exception(_retryable),
+            before_sleep=_count_retry,
             reraise=True,
         )
         return retrying(self._once, method, self.base_url + path, headers, json, params)
@@ -137,13 +145,17 @@ class Transport:
 
     def _once(self, method: str, url: str, headers: dict[str, str], json: Any,
               params: Mapping[str, Any] | None) -> Any:
+        endpoint, started = metrics.endpoint_label(url[len(self.base_url):]), time.perf_counter()
         try:
             response = self.http.request(method, url, headers=headers, json=json, params=params)
         except _NOT_SENT as exc:
+            _observe(method, endpoint, "none", started)
             raise TelnyxUnavailable(f"Telnyx unreachable: {exc!r}") from exc
         except httpx.TransportError as exc:
+            _observe(method, endpoint, "none", started)
             # Timed out or dropped after the request went out: Telnyx may have acted on it.
             raise TelnyxUnavailable(f"Telnyx call failed mid-flight: {exc!r}", ambiguous=True) from exc
+        _observe(method, endpoint, str(response.status_code), started)
         if response.is_error:
             raise error_for(response)
         if not response.content:
@@ -153,3 +165,8 @@ class Transport:
         except ValueError as exc:
             raise TelnyxUnavailable(f"Telnyx sent a body that is not JSON ({response.status_code})",
                                     status=response.status_code, ambiguous=True) from exc
+
+
+def _observe(method: str, endpoint: str, status: str, started: float) -> None:
+    metrics.TELNYX_REQUESTS.labels(method, endpoint, status).inc()
+    metrics.TELNYX_LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
