@@ -11,6 +11,7 @@ import redis
 from worker.holds import SenderHolds
 from worker.hooks import Hooks
 from worker.limiter import Limiter
+from worker.outcomes import Outcomes
 from worker.sender_usage import UsageRecorder
 from worker.settings import Settings
 from worker.store import Store
@@ -56,6 +57,11 @@ class Services:
         if limiter is None:
             return None
         return UsageRecorder(limiter.client, self.settings.namespace, lambda keys: limiter.rates(keys)[0].mps)
+
+    @cached_property
+    def outcomes(self) -> Outcomes:
+        """Status changes counted and handed to the status hook (see :mod:`worker.outcomes`)."""
+        return Outcomes(self.store, self.hooks)
 
     @cached_property
     def suppressions(self) -> Suppressions:

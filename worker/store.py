@@ -529,12 +529,19 @@ class Store:
         corrects the attempt count (a claim that turned out to be throttling gives its attempt back). Returns
         whether this call made the move.
         """
+        return self.move(message_id, to, from_=from_, at=at, values=values, add_errors=add_errors,
+                         condition=condition, attempt_delta=attempt_delta) is not None
+
+    def move(self, message_id: str, to: str, *, from_: Iterable[str] | None = None, at: datetime | None = None,
+             values: Mapping[str, Any] | None = None, add_errors: Iterable[Mapping[str, Any]] = (),
+             condition: str | None = None, attempt_delta: int = 0) -> dict[str, Any] | None:
+        """:meth:`transition`, returning the moved row (see ``_MOVED_COLUMNS``) or None."""
         add_errors = list(add_errors)
         # Without errors to merge the change is one statement: autocommit makes it one round trip.
         connection = self.engine.begin() if add_errors else self.reader.connect()
         with connection as conn:
             return self._move(conn, message_id, to, from_=from_, at=at, values=values, add_errors=add_errors,
-                              condition=condition, attempt_delta=attempt_delta) is not None
+                              condition=condition, attempt_delta=attempt_delta)
 
     def _move(self, conn: Connection, message_id: str, to: str, *, from_: Iterable[str] | None = None,
               at: datetime | None = None, values: Mapping[str, Any] | None = None,
