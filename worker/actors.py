@@ -19,7 +19,7 @@ from worker.broker import DEFAULT, EVENTS, PRIORITY_FOR_QUEUE, QUEUE_FOR_PRIORIT
 from worker.bulk_updates import run_bulk_update
 from worker.campaigns import expand_campaign
 from worker.errors import ConfigurationError, NotFoundError
-from worker.events import apply_event
+from worker.events import apply_event, apply_events
 from worker.sending import Defer, send_one
 from worker.services import Services
 from worker.store import Store, utcnow
@@ -37,6 +37,10 @@ class Actors:
         )
         self.apply_event = dramatiq.actor(
             self._apply_event, broker=broker, actor_name="apply_event", queue_name=EVENTS,
+        )
+        #: A batch of webhook events, as ``sendq web`` gathers them (one job per batch).
+        self.apply_events = dramatiq.actor(
+            self._apply_events, broker=broker, actor_name="apply_events", queue_name=EVENTS,
         )
         self.bulk_update = dramatiq.actor(
             self._bulk_update, broker=broker, actor_name="bulk_update", queue_name=DEFAULT,
@@ -99,6 +103,10 @@ class Actors:
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         metrics.EVENTS.labels(apply_event(self.services.store, event, self.services.hooks)).inc()
+
+    def _apply_events(self, batch: list[dict[str, Any]]) -> None:
+        for outcome in apply_events(self.services.store, batch, self.services.hooks):
+            metrics.EVENTS.labels(outcome).inc()
 
     def _bulk_update(self, bulk_id: str) -> None:
         # One step per job; the next poll waits in Redis as a delayed message, not in a sleeping thread.

@@ -16,7 +16,7 @@ store under its id (a redelivery finds it there), then:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,11 @@ def _telnyx_id(data: Mapping[str, Any]) -> str | None:
         value = payload.get("id")
         return str(value) if value else None
     return None
+
+
+def apply_events(store: Store, batch: Sequence[Mapping[str, Any]], hooks: Hooks | None = None) -> list[str]:
+    """Apply a batch of verified events (as ``sendq web`` gathers them); one outcome constant per event."""
+    return [apply_event(store, event, hooks) for event in batch]
 
 
 def apply_event(store: Store, event: Mapping[str, Any], hooks: Hooks | None = None) -> str:
