@@ -97,9 +97,10 @@ class Actors:
             send_one(self.services, message_id, generation=generation,
                      last_try=retries >= self.services.settings.send_max_retries)
         except Defer as deferred:
-            priority = PRIORITY_FOR_QUEUE.get(q_name(current.queue_name) if current else "", "normal")
-            self.hand_over(self.services.store, message_id, priority, after=generation,
-                           delay_ms=max(1, int(deferred.delay_s * 1000)), retries=retries)
+            if deferred.generation is not None:
+                priority = PRIORITY_FOR_QUEUE.get(q_name(current.queue_name) if current else "", "normal")
+                self.enqueue_send(message_id, priority, generation=deferred.generation,
+                                  delay_ms=max(1, int(deferred.delay_s * 1000)), retries=retries)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         metrics.EVENTS.labels(apply_event(self.services.store, event, self.services.hooks)).inc()

@@ -75,6 +75,11 @@ class SenderHolds:
         found = self._read([ACCOUNT_KEY, *([sender] if sender else [])])
         return max(found, key=lambda h: h.seconds_left) if found else None
 
+    def keys(self, sender: str | None) -> list[str]:
+        """The Redis keys whose hold stops ``sender`` (the account's and its own), for the limiter's reserve to
+        check in the same call."""
+        return [self.prefix + ACCOUNT_KEY, *([self.prefix + sender] if sender else [])]
+
     def list(self) -> list[Hold]:
         """Every hold in force, longest first."""
         names = [key.decode()[len(self.prefix):] for key in self.client.scan_iter(self.prefix + "*", count=500)]

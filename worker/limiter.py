@@ -48,6 +48,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ from worker.limiter_lua import BLOCK, PUSH_BACK, RESERVE
 from worker.limits import LimitKeys, Rate, RateLimits, check_mps, classify
 
 log = logging.getLogger(__name__)
-_LIMITED_BY = {0: None, 1: "sender", 2: "account", 3: "urgent_share"}
+_LIMITED_BY = {0: None, 1: "sender", 2: "account", 3: "urgent_share", 4: "sender_held"}
 US = 1_000_000
 
 
@@ -165,8 +166,9 @@ class Limiter:
     # -- the hot path --------------------------------------------------------------------------------------
 
     def reserve(self, keys: LimitKeys, *, cost: int = 1, urgent: bool = False,
-                max_wait_s: float = 1.0) -> Reservation:
-        """Reserve ``cost`` slots on the sender and the account key, or nothing if the wait exceeds ``max_wait_s``.
+                max_wait_s: float = 1.0, holds: Sequence[str] = ()) -> Reservation:
+        """Reserve ``cost`` slots on the sender and the account key, or nothing if the wait exceeds ``max_wait_s``
+        or one of the ``holds`` keys (:meth:`worker.holds.SenderHolds.keys`) is in force (``sender_held``).
 
         One EVALSHA (plus, at most once a second per process, one HGETALL of the overrides).
         """
@@ -176,7 +178,8 @@ class Limiter:
         t_sender = interval_us(sender.mps)
         t_bulk = interval_us(sender.mps * (1 - self.urgent_share)) if self.urgent_share > 0 else 0
         redis_keys = [*(self.sender_key(keys.sender_type, keys.sender, suffix) for suffix in ("tat", "bulk", "urgent")),
-                      self.account_key(keys.account), self.sender_key(keys.sender_type, keys.sender, "tickets")]
+                      self.account_key(keys.account), self.sender_key(keys.sender_type, keys.sender, "tickets"),
+                      *holds]
         args = [t_sender, interval_us(account.mps), t_bulk, repr(float(self.burst)), int(cost),
                 math.floor(max_wait_s * US), int(urgent), math.ceil(self.urgent_active_s * 1000)]
         granted, wait_us, by, now_us = self._reserve(keys=redis_keys, args=args)

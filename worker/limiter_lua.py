@@ -18,10 +18,18 @@ local function expire_after_last(cal)
 end
 """
 
-#: KEYS: sender TAT, sender non-urgent TAT, sender urgent flag, account calendar, sender deferral tickets.
-#: ARGV: sender interval, account interval, non-urgent interval (0: no urgent share), burst, cost,
-#: max wait (us), urgent (1/0), urgent active (ms). Returns {granted, wait, limited by (0-3), now}.
+#: KEYS: sender TAT, sender non-urgent TAT, sender urgent flag, account calendar, sender deferral tickets, then
+#: any number of hold keys (see :mod:`worker.holds`). ARGV: sender interval, account interval, non-urgent
+#: interval (0: no urgent share), burst, cost, max wait (us), urgent (1/0), urgent active (ms).
+#: Returns {granted, wait, limited by (0-4), now}; a held sender reserves nothing and waits out its longest hold
+#: (limited by 4), so the send path asks Redis once per message instead of twice.
 RESERVE = _COMMON + """
+local held = 0
+for i = 6, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  if left > held then held = left end
+end
+if held > 0 then return {0, held * 1000, 4, now} end
 local Ts, Ta, Tb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local burst, cost, maxw = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local urgent, active_ms = ARGV[7] == '1', tonumber(ARGV[8])

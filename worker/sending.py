@@ -1,17 +1,21 @@
-"""Sending one message: reserve its rate slot, claim it, hand it to Telnyx, record what happened.
+"""Sending one message: claim it, reserve its rate slot, hand it to Telnyx, record what happened.
 
-1. The row is read; only a ``queued`` message owned by this job goes on (a duplicate or superseded job
-   stops here for the price of a read, before it takes a rate slot another message could use).
-   A recipient on the suppression list (opted out of the sender or its profile) ends it ``suppressed`` here,
-   without a Telnyx call.
-2. The limiter reserves the next slot on the sender and the account in one Redis call. A slot within
-   ``limiter_max_wait_s`` is slept for; a later one is not reserved at all and the job is deferred
-   (:class:`Defer`) to when it comes, which costs no retry: a throttled sender never holds worker threads
-   that other senders' messages could use.
-3. The row is claimed (``queued`` -> ``sending``) by a conditional UPDATE, so of two jobs, or a job and a
-   cancel, exactly one goes on.
-4. The request carries ``Idempotency-Key: <our id>``, so a retry after an ambiguous failure cannot make
-   Telnyx send twice. A 429 pushes the sender's slots back for every worker and defers the message.
+The common path costs two SQL statements and one Redis call of sendq's own (``bench/end_to_end.py``;
+``tests/test_round_trips.py`` pins the counts):
+
+1. The row is claimed (``queued`` -> ``sending``, counting the attempt) by one conditional UPDATE that also
+   refuses a message another job owns now, one past its validity and one to a recipient on the suppression list;
+   of two jobs, or a job and a cancel, exactly one goes on, and a duplicate or superseded job stops here before
+   it takes a rate slot another message could use. Only when the claim is refused is the row read, to tell why
+   (``suppressed`` and ``expired`` end here, without a Telnyx call).
+2. The limiter reserves the next slot on the sender and the account in one Redis call, which also checks the
+   sender's holds. A slot within ``limiter_max_wait_s`` is slept for; a later one is not reserved at all, and the
+   claim is given back (attempt returned, a new job due when the slot comes, one statement): :class:`Defer`,
+   which costs no retry, so a throttled sender never holds worker threads other senders' messages could use.
+3. The request carries ``Idempotency-Key: <our id>``, so a retry after an ambiguous failure cannot make Telnyx
+   send twice. A 429 pushes the sender's slots back for every worker and defers the message.
+4. ``submitted`` and Telnyx's id are recorded by one statement that also says whether webhook events about the
+   message arrived before the id was known; only then are those applied.
 """
 
 from __future__ import annotations
@@ -41,12 +45,17 @@ DEFAULT_PUSH_BACK_S = 1.0
 
 
 class Defer(Exception):
-    """Run this job again in ``delay_s`` seconds, without counting a retry."""
+    """Run this job again in ``delay_s`` seconds, without counting a retry.
 
-    def __init__(self, delay_s: float, reason: str) -> None:
+    ``generation`` is the job number the message was handed to when its claim was given back: the caller
+    enqueues that job. None when the message was no longer ours to give back (no job is due for it then).
+    """
+
+    def __init__(self, delay_s: float, reason: str, generation: int | None = None) -> None:
         super().__init__(f"deferred {delay_s:.3f} s ({reason})")
         self.delay_s = delay_s
         self.reason = reason
+        self.generation = generation
 
 
 def send_one(services: Services, message_id: str, *, last_try: bool, generation: int | None = None) -> str:
@@ -57,26 +66,18 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
     ``dramatiq.Retry`` with Telnyx's delay) after putting the message back to ``queued`` (``failed`` when
     ``last_try``) when :func:`worker.classify.classify` says to retry it through the queue.
     """
-    store = services.store
-    row = store.row(message_id)
-    if row["status"] != statuses.QUEUED or (generation is not None and (row["job_gen"] or 0) != generation):
-        return SKIPPED
-    if (outcome := _suppress(services, row)) is not None:
-        return outcome
+    row = services.store.claim(message_id, generation)
+    if row is None:
+        return _not_claimed(services, message_id, generation)
     try:
         metered = _reserve(services, row)
     except ValidationError as exc:
         # A stored message no rate limit can be found for (hand-edited, or from an older sendq) must not go.
-        store.transition(message_id, statuses.REJECTED, from_=[statuses.QUEUED],
-                         add_errors=[{"code": "sendq.invalid", "title": "cannot be rate limited", "detail": str(exc)}])
+        services.outcomes.move(message_id, statuses.REJECTED, from_=[statuses.SENDING], add_errors=[
+            {"code": "sendq.invalid", "title": "cannot be rate limited", "detail": str(exc)}])
         return statuses.REJECTED
-    claimed = store.claim(message_id, generation)
-    if claimed is None:
-        if store.expire(message_id):
-            metrics.MESSAGES.labels(statuses.EXPIRED, row["kind"], row["priority"]).inc()
-            services.hooks.final_status(store, message_id, statuses.EXPIRED)
-            return statuses.EXPIRED
-        return SKIPPED
+    except Defer as deferred:
+        raise _give_back(services, row, deferred.delay_s, deferred.reason) from None
     try:
         data = services.telnyx.messages.send(row["endpoint"], row["body"], idempotency_key=row["id"])
         telnyx_id = str(data["id"])
@@ -88,12 +89,34 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
 
     # Telnyx-side scheduling answers with a message Telnyx holds until send_at: it stays `scheduled`.
     status = statuses.SCHEDULED if row["endpoint"] == ENDPOINTS["schedule"] else statuses.SUBMITTED
-    store.transition(message_id, status, from_=[statuses.SENDING],
-                     values={"telnyx_id": telnyx_id, "parts": data.get("parts"), "cost": data.get("cost")})
-    metrics.MESSAGES.labels(status, row["kind"], row["priority"]).inc()
+    moved = services.store.accepted(message_id, status, telnyx_id=telnyx_id, parts=data.get("parts"),
+                                    cost=data.get("cost"))
+    if moved is None:
+        return SKIPPED  # the reconciler took the message back meanwhile; Telnyx dedupes its resend by our key
+    services.outcomes.reached([moved])
     metrics.observe_accepted(row["priority"], max(row["created_at"], row["send_at"] or row["created_at"]), utcnow())
-    apply_pending(store, message_id, telnyx_id, services.hooks)
+    if moved["parked"]:
+        apply_pending(services.store, message_id, telnyx_id, services.hooks)
     return status
+
+
+def _not_claimed(services: Services, message_id: str, generation: int | None) -> str:
+    """Why the claim was refused, acted on: expired and suppressed messages end here; anything else (another
+    job owns it, it was cancelled or sent) is skipped."""
+    row = services.store.row(message_id)
+    if row["status"] != statuses.QUEUED or (generation is not None and (row["job_gen"] or 0) != generation):
+        return SKIPPED
+    if services.outcomes.move(message_id, statuses.EXPIRED, from_=[statuses.QUEUED], condition="past_validity"):
+        return statuses.EXPIRED
+    return _suppress(services, row)
+
+
+def _give_back(services: Services, row: dict[str, Any], delay_s: float, reason: str,
+               errors: list[dict[str, Any]] | None = None) -> Defer:
+    """Give the claim back and hand the message to a job due in ``delay_s``: the :class:`Defer` to raise."""
+    generation = services.store.release(row["id"], due_at=utcnow() + timedelta(seconds=delay_s),
+                                        add_errors=errors or ())
+    return Defer(delay_s, reason, generation=generation)
 
 
 def _on_error(services: Services, row: dict[str, Any], metered: Meter | None, exc: TelnyxError, *,
@@ -109,14 +132,16 @@ def _on_error(services: Services, row: dict[str, Any], metered: Meter | None, ex
         return _finish(services, row, statuses.SUPPRESSED, exc)
     if decision.action is Action.HOLD_SENDER and services.holds is not None:
         held = ACCOUNT_KEY if decision.scope == ACCOUNT else _sender(row)
-        services.holds.hold(held, decision.hold_s or DEFAULT_PUSH_BACK_S, decision.reason, code=decision.code)
-        _finish(services, row, statuses.QUEUED, exc, attempt_delta=-1)  # the sender's state, not the message's
-        raise Defer(decision.hold_s or DEFAULT_PUSH_BACK_S, "sender_held") from exc
+        seconds = decision.hold_s or DEFAULT_PUSH_BACK_S
+        services.holds.hold(held, seconds, decision.reason, code=decision.code)
+        _count_error(row, statuses.QUEUED, exc)
+        # The sender's state, not the message's: the attempt is given back.
+        raise _give_back(services, row, seconds, "sender_held", _errors(exc)) from exc
     if exc.status == 429 and metered is not None and isinstance(exc, TelnyxUnavailable):
         # Throttled, not failed: every worker backs off and the message waits its turn, retries untouched.
         seconds = _push_back(services, row, metered, exc)
-        _finish(services, row, statuses.QUEUED, exc, attempt_delta=-1)
-        raise Defer(seconds, "telnyx_429") from exc
+        _count_error(row, statuses.QUEUED, exc)
+        raise _give_back(services, row, seconds, "telnyx_429", _errors(exc)) from exc
     # dramatiq's Retries middleware re-enqueues this job after its backoff: tell the scheduler when to expect it.
     retry_in_s = (decision.delay_s or 0) + services.settings.send_max_backoff_ms / 1000
     _finish(services, row, statuses.FAILED if last_try else statuses.QUEUED, exc,
@@ -129,25 +154,22 @@ def _on_error(services: Services, row: dict[str, Any], metered: Meter | None, ex
     raise exc
 
 
-def _suppress(services: Services, row: dict[str, Any]) -> str | None:
-    """End the message ``suppressed`` without calling Telnyx if a recipient opted out of its sender or profile.
+def _suppress(services: Services, row: dict[str, Any]) -> str:
+    """End a ``queued`` message ``suppressed`` without calling Telnyx if a recipient opted out of its sender or
+    profile (the claim refused it for that); returns the status it reached, or ``skipped``.
 
-    Returns None when it may go on, else the status it reached. A group MMS is suppressed as a whole when any
-    recipient opted out: Telnyx refuses such a request as a whole (40300), and sending to the others alone
-    would start a different group conversation than the one asked for. One indexed query (see
-    :class:`worker.suppressions.Suppressions`).
+    A group MMS is suppressed as a whole when any recipient opted out: Telnyx refuses such a request as a whole
+    (40300), and sending to the others alone would start a different group conversation than the one asked for.
     """
     blocked = services.suppressions.suppressed(row["recipients"], sender=row["sender"],
                                                profile=row["messaging_profile_id"])
     if not blocked:
-        return None
+        return SKIPPED  # the block was lifted since the claim; the scheduler hands the message to a new job
     scope = " / ".join(s for s in (row["sender"], row["messaging_profile_id"]) if s)
     error = {"code": "sendq.suppressed", "title": "Recipient opted out",
              "detail": f"{', '.join(blocked)} opted out of messages from {scope} (STOP); not sent"}
-    if not services.store.transition(row["id"], statuses.SUPPRESSED, from_=[statuses.QUEUED], add_errors=[error]):
+    if services.outcomes.move(row["id"], statuses.SUPPRESSED, from_=[statuses.QUEUED], add_errors=[error]) is None:
         return SKIPPED  # cancelled or taken meanwhile
-    metrics.MESSAGES.labels(statuses.SUPPRESSED, row["kind"], row["priority"]).inc()
-    services.hooks.final_status(services.store, row["id"], statuses.SUPPRESSED)
     return statuses.SUPPRESSED
 
 
@@ -163,21 +185,23 @@ def _sender(row: dict[str, Any]) -> str:
 
 
 def _reserve(services: Services, row: dict[str, Any]) -> Meter | None:
-    """Take the message's rate slot, sleeping until it if it is near; raise :class:`Defer` if it is not."""
-    if services.holds is not None:
-        hold = services.holds.check(_sender(row))
-        if hold is not None:
-            metrics.DEFERRALS.labels("sender_held").inc()
-            raise Defer(hold.seconds_left, "sender_held")
-    if services.limiter is None or row["endpoint"] == ENDPOINTS["schedule"]:
-        return None  # Telnyx-side scheduling meters the send itself, at send_at
-    metered = meter(row["kind"], row["sender"], row["messaging_profile_id"], row["body"],
-                    cost_mode=services.settings.limiter_cost)
-    if metered is None:
+    """Take the message's rate slot, sleeping until it if it is near; raise :class:`Defer` if it is not, or if
+    the sender is held (checked by the same Redis call)."""
+    metered = None
+    if services.limiter is not None and row["endpoint"] != ENDPOINTS["schedule"]:
+        # Telnyx-side scheduling is not metered here: Telnyx meters the send itself, at send_at.
+        metered = meter(row["kind"], row["sender"], row["messaging_profile_id"], row["body"],
+                        cost_mode=services.settings.limiter_cost)
+    if metered is None or services.limiter is None:
+        _check_hold(services, row)
         return None
     max_wait = services.settings.limiter_max_wait_s
+    holds = services.holds.keys(_sender(row)) if services.holds is not None else ()
     slot = services.limiter.reserve(metered.keys, cost=metered.cost, urgent=row["priority"] == "urgent",
-                                    max_wait_s=max_wait)
+                                    max_wait_s=max_wait, holds=holds)
+    if slot.limited_by == "sender_held":
+        metrics.DEFERRALS.labels("sender_held").inc()
+        raise Defer(slot.wait_s, "sender_held")
     if not slot.granted:
         metrics.DEFERRALS.labels(slot.limited_by or "rate").inc()
         # Come back when the slot is within reach, so the sender stays busy without a gap.
@@ -190,6 +214,14 @@ def _reserve(services: Services, row: dict[str, Any]) -> Meter | None:
     return metered
 
 
+def _check_hold(services: Services, row: dict[str, Any]) -> None:
+    """The hold check of a message the limiter does not meter (one Redis call)."""
+    hold = services.holds.check(_sender(row)) if services.holds is not None else None
+    if hold is not None:
+        metrics.DEFERRALS.labels("sender_held").inc()
+        raise Defer(hold.seconds_left, "sender_held")
+
+
 def _push_back(services: Services, row: dict[str, Any], metered: Meter, exc: TelnyxUnavailable) -> float:
     seconds = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_PUSH_BACK_S
     # 10011 is the account's API rate; 40318 and others are the sender's queue.
@@ -199,16 +231,19 @@ def _push_back(services: Services, row: dict[str, Any], metered: Meter, exc: Tel
     return seconds
 
 
-def _finish(services: Services, row: dict[str, Any], status: str, exc: TelnyxError, *, attempt_delta: int = 0,
-            values: dict[str, Any] | None = None) -> str:
+def _errors(exc: TelnyxError) -> list[dict[str, Any]]:
+    return [e.as_dict() for e in exc.errors] or [{"code": None, "title": "request failed", "detail": str(exc)}]
+
+
+def _count_error(row: dict[str, Any], status: str, exc: TelnyxError) -> None:
     log.warning("send %s: %s -> %s", row["id"], exc, status)
-    moved = services.store.transition(row["id"], status, from_=[statuses.SENDING], values=values,
-                                      attempt_delta=attempt_delta,
-                                      add_errors=[e.as_dict() for e in exc.errors] or
-                                      [{"code": None, "title": "request failed", "detail": str(exc)}])
-    if moved:
-        services.hooks.final_status(services.store, row["id"], status)  # the application's hook, if final
-    metrics.MESSAGES.labels(status, row["kind"], row["priority"]).inc()
     for code in exc.codes:
         metrics.TELNYX_ERRORS.labels(metrics.code_label(code)).inc()
+
+
+def _finish(services: Services, row: dict[str, Any], status: str, exc: TelnyxError, *,
+            values: dict[str, Any] | None = None) -> str:
+    """Record a failed call's outcome: ``status`` from ``sending``, with Telnyx's errors."""
+    _count_error(row, status, exc)
+    services.outcomes.move(row["id"], status, from_=[statuses.SENDING], values=values, add_errors=_errors(exc))
     return status

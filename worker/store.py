@@ -261,8 +261,9 @@ CONDITIONS: dict[str, sa.ColumnElement[bool]] = {
 CONDITIONS["owned_and_valid"] = sa.and_(CONDITIONS["still_valid"],
                                         sa.func.coalesce(messages.c.job_gen, 0) == sa.bindparam("_gen"))
 #: What a status change hands back: enough to send the message (a whole row costs more to describe than to fetch).
-_MOVED_COLUMNS = [messages.c[name] for name in ("id", "status", "kind", "priority", "endpoint", "body",
-                                                  "attempts", "valid_until", "send_at", "telnyx_id", "job_gen")]
+_MOVED_COLUMNS = [messages.c[name] for name in ("id", "status", "kind", "priority", "endpoint", "body", "sender",
+                                                  "messaging_profile_id", "recipients", "attempts", "valid_until",
+                                                  "send_at", "telnyx_id", "job_gen", "created_at")]
 _JOB_GEN = sa.func.coalesce(messages.c.job_gen, 0)
 #: Hand a ``queued`` message to a new job, if it is still owned by job ``_after`` (any job when that is null).
 _NEXT_JOB = (messages.update()
@@ -293,8 +294,16 @@ def _move_statement(to: str, allowed: frozenset[str], value_keys: tuple[str, ...
             .returning(*_MOVED_COLUMNS))
 
 
+#: A claim given back (``sending`` -> ``queued`` returning the attempt: the send was deferred, by the limiter,
+#: a sender hold or a 429) is not a status change a reader should see: it takes the claim's ``sending`` entry
+#: out of the history instead of adding ``queued`` (a 429 stays in the message's errors).
+_RELEASE = "OLD.status = 'sending' AND NEW.status = 'queued' AND NEW.attempts < OLD.attempts"
+_FORGET_CLAIM = """DELETE FROM message_history WHERE seq = (
+             SELECT max(seq) FROM message_history WHERE message_id = NEW.id AND status = 'sending')"""
+
 #: Every status a message takes is appended to message_history by the database itself, in the statement that
 #: changes it: one round trip per status change instead of three, and no code path can skip the history.
+#: Each statement drops what it replaces first, so an upgraded store gets the current definitions.
 HISTORY_TRIGGERS = {
     "postgresql": [
         """CREATE OR REPLACE FUNCTION sendq_message_history() RETURNS trigger AS $$
@@ -303,21 +312,74 @@ HISTORY_TRIGGERS = {
              VALUES (NEW.id, NEW.status, COALESCE(NEW.status_at, NEW.updated_at));
              RETURN NULL;
            END $$ LANGUAGE plpgsql""",
+        f"""CREATE OR REPLACE FUNCTION sendq_message_history_release() RETURNS trigger AS $$
+           BEGIN {_FORGET_CLAIM}; RETURN NULL; END $$ LANGUAGE plpgsql""",
         """CREATE OR REPLACE TRIGGER messages_history_insert AFTER INSERT ON messages
            FOR EACH ROW EXECUTE FUNCTION sendq_message_history()""",
-        """CREATE OR REPLACE TRIGGER messages_history_update AFTER UPDATE OF status ON messages
-           FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION sendq_message_history()""",
+        f"""CREATE OR REPLACE TRIGGER messages_history_update AFTER UPDATE OF status ON messages
+           FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NOT ({_RELEASE}))
+           EXECUTE FUNCTION sendq_message_history()""",
+        f"""CREATE OR REPLACE TRIGGER messages_history_release AFTER UPDATE OF status ON messages
+           FOR EACH ROW WHEN ({_RELEASE}) EXECUTE FUNCTION sendq_message_history_release()""",
     ],
     "sqlite": [
-        """CREATE TRIGGER IF NOT EXISTS messages_history_insert AFTER INSERT ON messages BEGIN
+        "DROP TRIGGER IF EXISTS messages_history_insert",
+        """CREATE TRIGGER messages_history_insert AFTER INSERT ON messages BEGIN
              INSERT INTO message_history (message_id, status, at)
              VALUES (NEW.id, NEW.status, COALESCE(NEW.status_at, NEW.updated_at)); END""",
-        """CREATE TRIGGER IF NOT EXISTS messages_history_update AFTER UPDATE OF status ON messages
-           WHEN OLD.status IS NOT NEW.status BEGIN
+        "DROP TRIGGER IF EXISTS messages_history_update",
+        f"""CREATE TRIGGER messages_history_update AFTER UPDATE OF status ON messages
+           WHEN OLD.status IS NOT NEW.status AND NOT ({_RELEASE}) BEGIN
              INSERT INTO message_history (message_id, status, at)
              VALUES (NEW.id, NEW.status, COALESCE(NEW.status_at, NEW.updated_at)); END""",
+        "DROP TRIGGER IF EXISTS messages_history_release",
+        f"""CREATE TRIGGER messages_history_release AFTER UPDATE OF status ON messages
+           WHEN {_RELEASE} BEGIN {_FORGET_CLAIM}; END""",
     ],
 }
+
+
+def _recipients_of_message(dialect: str) -> sa.Select[Any]:
+    """The elements of the row's ``recipients`` JSON array, as a subquery correlated to the UPDATE's row."""
+    elements = sa.func.json_array_elements_text if dialect == "postgresql" else sa.func.json_each
+    return sa.select(elements(messages.c.recipients).table_valued("value").c.value)
+
+
+@functools.lru_cache(maxsize=8)
+def _claim_statement(dialect: str, owned: bool) -> sa.Update:
+    """``queued`` -> ``sending`` in one statement that also refuses an expired message, one taken over by another
+    job (with ``owned``) and one to a recipient on the suppression list (the rule of
+    :meth:`worker.suppressions.Suppressions.suppressed`): a send starts with one round trip."""
+    blocked = sa.exists().where(
+        suppressions.c.recipient.in_(_recipients_of_message(dialect)),
+        sa.or_(suppressions.c.scope == messages.c.messaging_profile_id, suppressions.c.scope == messages.c.sender,
+               suppressions.c.number == messages.c.sender))
+    return (messages.update()
+            .where(messages.c.id == sa.bindparam("_id"), messages.c.status == statuses.QUEUED,
+                   CONDITIONS["owned_and_valid" if owned else "still_valid"], ~blocked)
+            .values(status=statuses.SENDING, status_at=sa.bindparam("_now"), updated_at=sa.bindparam("_now"),
+                    attempts=messages.c.attempts + 1)
+            .returning(*_MOVED_COLUMNS))
+
+
+#: Telnyx took a claimed message: record its id and what it said, and tell whether events about it were parked
+#: before the id was known (they are applied then), in one statement.
+_ACCEPTED = (messages.update()
+             .where(messages.c.id == sa.bindparam("_id"), messages.c.status == statuses.SENDING)
+             .values(status=sa.bindparam("_to"), status_at=sa.bindparam("_now"), updated_at=sa.bindparam("_now"),
+                     telnyx_id=sa.bindparam("_telnyx_id"), parts=sa.bindparam("_parts"),
+                     cost=sa.bindparam("_cost", type_=sa.JSON))
+             .returning(*_MOVED_COLUMNS,
+                        sa.exists().where(events.c.telnyx_id == sa.bindparam("_telnyx_id"),
+                                          events.c.applied_at.is_(None)).label("parked")))
+
+#: A claimed message given back to the queue (a deferral): the attempt returned, and the message handed to a new
+#: job due at ``_due`` in the same statement.
+_RELEASED = (messages.update()
+             .where(messages.c.id == sa.bindparam("_id"), messages.c.status == statuses.SENDING)
+             .values(status=statuses.QUEUED, status_at=sa.bindparam("_now"), updated_at=sa.bindparam("_now"),
+                     attempts=messages.c.attempts - 1, job_gen=_JOB_GEN + 1, job_due_at=sa.bindparam("_due"))
+             .returning(messages.c.job_gen))
 
 
 def utcnow() -> datetime:
@@ -591,19 +653,38 @@ class Store:
         return current
 
     def claim(self, message_id: str, generation: int | None = None) -> dict[str, Any] | None:
-        """``queued`` -> ``sending``, counting the attempt, unless the message is no longer valid (or, with
-        ``generation``, no longer owned by that job).
+        """``queued`` -> ``sending``, counting the attempt, unless the message is no longer valid, a recipient is
+        suppressed for its sender or profile, or (with ``generation``) another job owns it. One statement.
 
-        None when another worker claimed it, it was cancelled or paused, or its ``valid_until`` has passed.
+        Returns the moved row (``_MOVED_COLUMNS``) or None; :meth:`row` then tells why.
         """
-        condition = "still_valid" if generation is None else "owned_and_valid"
+        statement = _claim_statement(self.engine.dialect.name, generation is not None)
         with self.reader.connect() as conn:
-            return self._move(conn, message_id, statuses.SENDING, from_=[statuses.QUEUED], condition=condition,
-                              attempt_delta=1, generation=generation)
+            moved = conn.execute(statement, {"_id": message_id, "_now": utcnow(), "_gen": generation})
+            found = moved.mappings().first()
+        return dict(found) if found else None
 
-    def expire(self, message_id: str) -> bool:
-        """``queued`` -> ``expired`` for a message whose ``valid_until`` has passed; never sent."""
-        return self.transition(message_id, statuses.EXPIRED, from_=[statuses.QUEUED], condition="past_validity")
+    def accepted(self, message_id: str, to: str, *, telnyx_id: str, parts: Any, cost: Any) -> dict[str, Any] | None:
+        """``sending`` -> ``to`` (``submitted``, or ``scheduled`` at Telnyx) with Telnyx's id, parts and cost.
+
+        Returns the moved row with ``parked``: whether events for ``telnyx_id`` wait to be applied.
+        """
+        params = {"_id": message_id, "_to": to, "_now": utcnow(), "_telnyx_id": telnyx_id,
+                  "_parts": parts if isinstance(parts, int) else None, "_cost": cost}
+        with self.reader.connect() as conn:
+            found = conn.execute(_ACCEPTED, params).mappings().first()
+        return dict(found) if found else None
+
+    def release(self, message_id: str, *, due_at: datetime,
+                add_errors: Iterable[Mapping[str, Any]] = ()) -> int | None:
+        """Give a claimed (``sending``) message back to the queue without spending its attempt, handed to a new
+        job due at ``due_at``; returns that job's number, or None when the message was not ``sending``."""
+        extra = [dict(e) for e in add_errors]
+        with (self.engine.begin() if extra else self.reader.connect()) as conn:
+            generation = conn.execute(_RELEASED, {"_id": message_id, "_now": utcnow(), "_due": due_at}).scalar()
+            if generation is not None and extra:
+                self._append_errors(conn, message_id, extra)
+        return generation
 
     def promote_due(self, until: datetime, limit: int = 5000) -> list[dict[str, Any]]:
         """``scheduled`` -> ``queued`` for locally scheduled messages due by ``until``; returns those moved.
