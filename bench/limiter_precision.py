@@ -71,7 +71,7 @@ def main() -> None:
         metrics_dir = f"{tmp}/metrics"
         os.mkdir(metrics_dir)
         settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2", rate_limits=RATES)
-        producer = Producer(settings, Store.from_url(settings.database_url), Actors(build_broker(settings)))
+        producer = Producer(settings, Store.from_url(settings.database_url).migrate(), Actors(build_broker(settings)))
         for sender, rate in RATES.items():
             for i in range(int(rate * args.seconds)):
                 producer.send(f"+1312555{i:04d}", from_=sender, text="paced")

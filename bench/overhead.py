@@ -64,7 +64,7 @@ def measure(sim_url: str, expected: int, procs: list[subprocess.Popen], timeout_
 
 
 def run_sendq(settings, sim_url: str, args: argparse.Namespace) -> dict:
-    store = Store.from_url(settings.database_url)
+    store = Store.from_url(settings.database_url).migrate()
     producer = Producer(settings, store, Actors(build_broker(settings)))
     senders = [f"+1312700{i:04d}" for i in range(args.senders)]
     for i in range(args.messages):

@@ -73,7 +73,7 @@ def main() -> None:
     simulator = Simulator(SimulatorConfig(sent_delay_s=3600))  # no webhooks needed: lateness is at arrival
     with tempfile.TemporaryDirectory() as tmp, ServerThread(create_app(simulator)) as sim:
         settings = fresh_settings(tmp, telnyx_base_url=f"{sim.url}/v2", **UNBOUND_LIMITS)
-        store = Store.from_url(settings.database_url)
+        store = Store.from_url(settings.database_url).migrate()
         producer = Producer(settings, store, Actors(build_broker(settings)))
         senders = [f"+1312600{i:04d}" for i in range(args.senders)]
         with Processes(settings, ["worker", "--processes", str(args.processes), "--threads", str(args.threads)],

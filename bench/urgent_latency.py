@@ -53,7 +53,7 @@ def main() -> None:
     with SimulatorProcess() as sim_url, tempfile.TemporaryDirectory() as tmp:
         settings = fresh_settings(tmp, telnyx_base_url=f"{sim_url}/v2",
                                   rate_limits=dict.fromkeys(senders, args.rate))
-        producer = Producer(settings, Store.from_url(settings.database_url), Actors(build_broker(settings)))
+        producer = Producer(settings, Store.from_url(settings.database_url).migrate(), Actors(build_broker(settings)))
         for i in range(args.backlog):
             producer.send(f"+1312555{i % 10000:04d}", from_=senders[i % len(senders)], text="sale",
                           priority="bulk")

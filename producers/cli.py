@@ -89,7 +89,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown:
         raise ValidationError("queues", f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}")
-    Services.build(settings).close()  # fail here, with the reason, rather than in every child
+    # Fail here, with the reason, rather than in every child; the children find the schema up to date.
+    services = Services.build(settings)
+    services.store.migrate()
+    services.close()
     try:
         return Pool(settings, processes=args.processes, threads=args.threads, queues=queues).run()
     finally:
@@ -101,9 +104,11 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from worker.embedded import resolve_redis
+    from worker.store import Store
     from worker.web import create_app
 
     settings, embedded = resolve_redis(_settings())
+    Store.from_url(settings.database_url).migrate().close()
     if not settings.public_keys:
         log.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused with 401")
     try:
@@ -133,7 +138,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     broker = build_broker(settings)
-    store = Store.from_url(settings.database_url)
+    store = Store.from_url(settings.database_url).migrate()
     # Without an API key the scheduler still runs; the reconciler then only handles stuck sends (it warns).
     telnyx = TelnyxClient.from_settings(settings) if settings.api_key() else None
     actors = Actors(broker)
@@ -151,6 +156,20 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         store.close()
         if embedded:
             embedded.close()
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the store's schema up to date (every process also does at start), for deployments that migrate
+    in a release step of their own."""
+    from worker.store import Store
+
+    store = Store.from_url(_settings().database_url)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    emit(args, {"migrated": True}, "store schema is up to date")
     return EXIT_OK
 
 
@@ -270,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("scheduler", cmd_scheduler,
         "run the periodic loop: scheduled messages, lost jobs, reconciliation, opt-out sync")
+
+    add("migrate", cmd_migrate, "create or upgrade the store's schema (processes also do at start)", json_flag=True)
 
     sim = add("simulator", cmd_simulator, "run the local Telnyx API simulator")
     sim.add_argument("--host", default="127.0.0.1")

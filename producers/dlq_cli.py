@@ -34,7 +34,7 @@ def dead_letters() -> Iterator[Any]:
 
     settings, embedded = resolve_redis(Settings.from_env())
     broker = build_broker(settings)
-    store = Store.from_url(settings.database_url)
+    store = Store.from_url(settings.database_url).migrate()
     try:
         yield DeadLetters(broker, store)
     finally:

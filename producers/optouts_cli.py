@@ -33,7 +33,7 @@ def _store() -> Iterator[Any]:
     from worker.settings import Settings
     from worker.store import Store
 
-    store = Store.from_url(Settings.from_env().database_url)
+    store = Store.from_url(Settings.from_env().database_url).migrate()
     try:
         yield store
     finally:

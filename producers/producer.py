@@ -46,7 +46,7 @@ class Producer:
         """A producer for ``settings`` (default: from the environment), joining the embedded Redis if needed."""
         settings, embedded = resolve_redis(settings or Settings.from_env())
         broker = broker or build_broker(settings)
-        return cls(settings, Store.from_url(settings.database_url), Actors(broker), embedded)
+        return cls(settings, Store.from_url(settings.database_url).migrate(), Actors(broker), embedded)
 
     def close(self) -> None:
         self.actors.broker.close()

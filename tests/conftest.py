@@ -62,7 +62,9 @@ def _backends() -> list[str]:
 @pytest.fixture(params=_backends())
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sendq.db'}"
+        url = f"sqlite:///{tmp_path / 'sendq.db'}"
+        _migrate(url)
+        yield url
         return
     base = os.environ["DATABASE_URL"]
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -70,10 +72,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in base else "?"
-    yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    url = f"{base}{separator}options=-csearch_path%3D{schema}"
+    _migrate(url)
+    yield url
     with admin.begin() as conn:
         conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+def _migrate(url: str) -> None:
+    """What a deployment does once (``sendq migrate``, or any process at start) before its processes run."""
+    Store.from_url(url).migrate().close()
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_a_store_from_an_older_schema_gains_new_columns_and_keeps_its_messages(s
     with store.engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE messages DROP COLUMN recipient_statuses"))
 
-    store.create_schema()
+    store.migrate()
 
     assert store.record(row["id"])["recipient_statuses"] is None
     assert store.record(row["id"])["to"] == "+13125550002"

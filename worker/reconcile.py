@@ -36,6 +36,7 @@ from worker import metrics, statuses
 from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable
 from worker.events import FINALIZED, SENT, apply_event
 from worker.hooks import Hooks
+from worker.outcomes import Outcomes
 from worker.settings import Settings
 from worker.store import Store, utcnow
 
@@ -92,6 +93,7 @@ class Reconciler:
         self.actors = actors
         #: The application's status hook: a message the reconciler makes final is handed over like any other.
         self.hooks = Hooks.from_settings(settings, actors.broker)
+        self.outcomes = Outcomes(store, self.hooks)
         self._lock = threading.Lock()
         self._pass: threading.Thread | None = None
         self._paused_until = 0.0
@@ -145,9 +147,7 @@ class Reconciler:
 
     def _fail(self, row: dict[str, Any]) -> None:
         error = self._ambiguous(row, "not re-sent: " + self._why_not(row))
-        if self.store.transition(row["id"], statuses.FAILED, from_=[statuses.SENDING], add_errors=[error]):
-            self.hooks.final_status(self.store, row["id"], statuses.FAILED)
-            metrics.MESSAGES.labels(statuses.FAILED, row["kind"], row["priority"]).inc()
+        if self.outcomes.move(row["id"], statuses.FAILED, from_=[statuses.SENDING], add_errors=[error]):
             metrics.RECONCILED.labels("failed_ambiguous").inc()
             log.warning("message %s failed: its send is ambiguous (%s)", row["id"], error["detail"])
 
@@ -224,8 +224,7 @@ class Reconciler:
         if exc.status == 404 and self._age_s(row) >= TELNYX_RETENTION_S:
             error = {"code": "not_found", "title": "Outcome never confirmed",
                      "detail": "no final webhook arrived, and Telnyx no longer keeps the message (10 days)"}
-            if self.store.transition(row["id"], statuses.DELIVERY_UNCONFIRMED, from_=[status], add_errors=[error]):
-                self.hooks.final_status(self.store, row["id"], statuses.DELIVERY_UNCONFIRMED)
+            if self.outcomes.move(row["id"], statuses.DELIVERY_UNCONFIRMED, from_=[status], add_errors=[error]):
                 metrics.RECONCILED.labels("unconfirmed").inc()
                 return 1
             return 0

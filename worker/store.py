@@ -445,12 +445,13 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str) -> Store:
-        store = cls(create_engine(url), create_engine(url, isolation_level="AUTOCOMMIT"))
-        store.create_schema()
-        return store
+        """A store on ``url``; nothing is read or written until it is used. The schema is not touched: each
+        process brings it up to date once at start (:meth:`migrate`, also ``sendq migrate``)."""
+        return cls(create_engine(url), create_engine(url, isolation_level="AUTOCOMMIT"))
 
-    def create_schema(self) -> None:
-        """Create missing tables, and add columns that a newer sendq added to an existing table.
+    def migrate(self) -> Store:
+        """Create missing tables, add columns that a newer sendq added to an existing table, and (re)install the
+        triggers; returns the store.
 
         Schema changes are additive only (new nullable columns), so a store written by an older sendq keeps
         every message and stays readable by a newer one.
@@ -459,7 +460,7 @@ class Store:
             try:
                 with self.engine.begin() as conn:
                     self._create_schema(conn)
-                return
+                return self
             except sa.exc.DBAPIError:
                 # Processes starting together race to create the same objects; the loser tries again and
                 # finds them there.
