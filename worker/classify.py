@@ -39,6 +39,9 @@ class Action(enum.StrEnum):
 SENDER, ACCOUNT = "sender", "account"
 #: A server's retry hint longer than this is left to the job queue instead of sleeping on it in the call.
 MAX_IN_CALL_WAIT_S = 5.0
+#: The error code in a message's record for a send that may have reached Telnyx before its worker was lost
+#: (resent with the same Idempotency-Key, or failed by SENDQ_AMBIGUOUS_POLICY).
+AMBIGUOUS = "ambiguous"
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
 

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from worker import metrics, statuses
+from worker.classify import AMBIGUOUS
 from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable
 from worker.events import FINALIZED, SENT, apply_event
 from worker.hooks import Hooks
@@ -57,7 +58,6 @@ PAUSE_S = 30.0
 #: The events table keys events by a string of at most 64 characters.
 EVENT_ID_MAX = 64
 
-AMBIGUOUS = "ambiguous"
 
 
 def synthetic_event(telnyx_id: str, payload: dict[str, Any]) -> dict[str, Any] | None:

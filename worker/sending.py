@@ -28,7 +28,7 @@ from typing import Any
 import dramatiq
 
 from worker import metrics, statuses
-from worker.classify import ACCOUNT, Action, classify
+from worker.classify import ACCOUNT, AMBIGUOUS, Action, classify
 from worker.errors import TelnyxError, TelnyxUnavailable, ValidationError
 from worker.events import apply_pending
 from worker.holds import ACCOUNT_KEY
@@ -68,7 +68,12 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
     """
     row = services.store.claim(message_id, generation)
     if row is None:
-        return _not_claimed(services, message_id, generation)
+        found = services.store.row(message_id)
+        if not _in_flight(found, generation):
+            return _not_claimed(services, found, generation)
+        row = _resume(services, found)
+        if row is None:
+            return SKIPPED
     try:
         metered = _reserve(services, row)
     except ValidationError as exc:
@@ -100,13 +105,32 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
     return status
 
 
-def _not_claimed(services: Services, message_id: str, generation: int | None) -> str:
+def _in_flight(row: dict[str, Any], generation: int | None) -> bool:
+    """Whether ``row`` was claimed by this very job: the broker delivered it again because the worker that ran
+    it died mid-send (or, rarely, thought it had)."""
+    return generation is not None and row["status"] == statuses.SENDING and (row["job_gen"] or 0) == generation
+
+
+def _resume(services: Services, row: dict[str, Any]) -> dict[str, Any] | None:
+    """Take over the send of a message this job had claimed, at once and with the same Idempotency-Key: Telnyx
+    answers a request it already has with the same message, so even a worker still alive and racing this one
+    makes no second message. Without this the message would wait out the sending lease (minutes)."""
+    metrics.AMBIGUOUS.inc()
+    log.warning("send %s: resumed by its redelivered job (attempt %d may have reached Telnyx)",
+                row["id"], row["attempts"])
+    error = {"code": AMBIGUOUS, "title": "Send outcome unknown",
+             "detail": f"the worker of attempt {row['attempts']} was lost mid-send; resumed by the same job with "
+                       "the same Idempotency-Key"}
+    return services.store.move(row["id"], statuses.SENDING, from_=[statuses.SENDING], condition="owned_and_valid",
+                               attempt_delta=1, generation=row["job_gen"] or 0, add_errors=[error])
+
+
+def _not_claimed(services: Services, row: dict[str, Any], generation: int | None) -> str:
     """Why the claim was refused, acted on: expired and suppressed messages end here; anything else (another
     job owns it, it was cancelled or sent) is skipped."""
-    row = services.store.row(message_id)
     if row["status"] != statuses.QUEUED or (generation is not None and (row["job_gen"] or 0) != generation):
         return SKIPPED
-    if services.outcomes.move(message_id, statuses.EXPIRED, from_=[statuses.QUEUED], condition="past_validity"):
+    if services.outcomes.move(row["id"], statuses.EXPIRED, from_=[statuses.QUEUED], condition="past_validity"):
         return statuses.EXPIRED
     return _suppress(services, row)
 

@@ -597,14 +597,16 @@ class Store:
 
     def move(self, message_id: str, to: str, *, from_: Iterable[str] | None = None, at: datetime | None = None,
              values: Mapping[str, Any] | None = None, add_errors: Iterable[Mapping[str, Any]] = (),
-             condition: str | None = None, attempt_delta: int = 0) -> dict[str, Any] | None:
-        """:meth:`transition`, returning the moved row (see ``_MOVED_COLUMNS``) or None."""
+             condition: str | None = None, attempt_delta: int = 0,
+             generation: int | None = None) -> dict[str, Any] | None:
+        """:meth:`transition`, returning the moved row (see ``_MOVED_COLUMNS``) or None. ``generation`` is the
+        job number the ``owned_and_valid`` condition compares with."""
         add_errors = list(add_errors)
         # Without errors to merge the change is one statement: autocommit makes it one round trip.
         connection = self.engine.begin() if add_errors else self.reader.connect()
         with connection as conn:
             return self._move(conn, message_id, to, from_=from_, at=at, values=values, add_errors=add_errors,
-                              condition=condition, attempt_delta=attempt_delta)
+                              condition=condition, attempt_delta=attempt_delta, generation=generation)
 
     def _move(self, conn: Connection, message_id: str, to: str, *, from_: Iterable[str] | None = None,
               at: datetime | None = None, values: Mapping[str, Any] | None = None,
