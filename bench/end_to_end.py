@@ -350,7 +350,7 @@ def run_bare(settings: Settings, args: argparse.Namespace, counters: Counters, l
 
 def enqueue(settings: Settings, args: argparse.Namespace) -> tuple[float, redis_count.Counter[str]]:
     """Accept every message through the producer; returns the seconds it took and its Redis commands."""
-    store = Store.from_url(settings.database_url)
+    store = Store.from_url(settings.database_url).migrate()
     producer = Producer(settings, store, Actors(build_broker(settings)))
     try:
         senders = [f"+1312700{i:04d}" for i in range(args.senders)]
