@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from worker.store import inbound_messages, insert_ignoring, link_clicks, utcnow
+from worker.store import inbound_messages, insert_new, link_clicks, utcnow
 from worker.suppressions import keyword
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Inbound:
             "keyword": keyword(payload.get("text")),
             "received_at": received_at or utcnow(), "body": dict(payload),
         }
-        fresh = conn.execute(insert_ignoring(conn.dialect.name, inbound_messages), row).rowcount == 1
+        fresh = insert_new(conn, inbound_messages, row)
         return Inbound._as_record(row), fresh
 
     def message(self, telnyx_id: str) -> dict[str, Any] | None:
@@ -87,7 +87,7 @@ class Inbound:
         row = {"event_id": event_id, "message_id": message_id, "telnyx_message_id": str(data.get("message_id")),
                "recipient": data.get("to"), "url": data.get("url"), "clicked_at": clicked_at,
                "body": dict(data), "received_at": utcnow()}
-        return conn.execute(insert_ignoring(conn.dialect.name, link_clicks), row).rowcount == 1
+        return insert_new(conn, link_clicks, row)
 
     def clicks(self, message_id: str) -> list[dict[str, Any]]:
         """A message's link clicks, oldest first: ``{"url", "to", "clicked_at"}``."""

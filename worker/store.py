@@ -724,8 +724,7 @@ class Store:
         now = utcnow()
         # Sorted so two batches sharing events insert them in the same order and never deadlock on PostgreSQL.
         params = [{**row, "received_at": now} for row in sorted(rows, key=lambda r: r["event_id"])]
-        statement = insert_ignoring(conn.dialect.name, events).returning(events.c.event_id)
-        return set(conn.execute(statement, params).scalars())
+        return set(conn.execute(insert_ignoring(conn.dialect.name, events), params).scalars())
 
     @staticmethod
     def applied_events(conn: Connection, event_ids: list[str]) -> set[str]:
@@ -794,13 +793,21 @@ class FoldedMessage:
 
 @functools.lru_cache(maxsize=32)
 def insert_ignoring(dialect: str, table: sa.Table) -> Any:
-    """INSERT that skips rows whose key is already there: inside a larger transaction a duplicate must not
-    raise, since on PostgreSQL the error would abort the whole transaction."""
+    """INSERT that skips rows whose key is already there, returning the key of each row it wrote.
+
+    Inside a larger transaction a duplicate must not raise: on PostgreSQL the error would abort the whole
+    transaction. The key comes back because psycopg gives no rowcount for INSERT ... ON CONFLICT.
+    """
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
+    return insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def insert_new(conn: Connection, table: sa.Table, row: Mapping[str, Any]) -> bool:
+    """Insert ``row`` unless its key is there already; whether it was written."""
+    return conn.execute(insert_ignoring(conn.dialect.name, table), dict(row)).first() is not None
 
 
 def lock_names(conn: Connection, names: Iterable[str]) -> None:

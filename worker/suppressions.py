@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from worker import metrics
 from worker.errors import ValidationError
 from worker.sms import is_e164, sender_kind
-from worker.store import inbound_messages, insert_ignoring, lock_names, suppressions, utcnow
+from worker.store import inbound_messages, insert_new, lock_names, suppressions, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -157,7 +157,7 @@ class Suppressions:
         # Every block and opt-in of a recipient holds this lock to commit: a STOP and a START that race each
         # see the other's rows, whichever commits first.
         lock_names(conn, [opt_out_lock(recipient)])
-        if conn.execute(insert_ignoring(conn.dialect.name, suppressions), row).rowcount != 1:
+        if not insert_new(conn, suppressions, row):
             return False
         if Suppressions._opted_in_since(conn, row):
             Suppressions._delete(conn, [row], at)
