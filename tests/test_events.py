@@ -13,6 +13,7 @@ import pytest
 from worker import events, statuses
 from worker.scheduler import Scheduler
 from worker.store import NewMessage
+from worker.suppressions import Suppressions
 
 
 def submitted(store, telnyx_id: str | None = None) -> tuple[str, str]:
@@ -220,3 +221,34 @@ def test_the_scheduler_tick_runs_the_sweep(stack):
 
     assert Scheduler(stack.settings, store, stack.actors).tick()["parked_applied"] == 2
     assert store.record(message_id)["status"] == statuses.DELIVERED
+
+
+def inbound(text: str, sender: str, at: str) -> dict:
+    return {"data": {"event_type": "message.received", "id": str(uuid.uuid4()), "occurred_at": at,
+                     "payload": {"id": str(uuid.uuid4()), "direction": "inbound", "text": text, "received_at": at,
+                                 "messaging_profile_id": "4001767e-ce0f-4cae-9d5f-0d5e636e7809",
+                                 "from": {"phone_number": sender}, "to": [{"phone_number": "+13125550001"}]}}}
+
+
+def test_a_stop_and_a_later_start_in_concurrent_batches_end_unblocked(store):
+    senders = [f"+1312555{n:04d}" for n in range(8)]
+    stops = [inbound("STOP", s, "2026-02-15T20:00:00+00:00") for s in senders]
+    starts = [inbound("START", s, "2026-02-15T20:00:05+00:00") for s in reversed(senders)]
+    barrier = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def run(batch: list[dict]) -> None:
+        barrier.wait()
+        try:
+            events.apply_events(store, batch)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(batch,)) for batch in (stops, starts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures
+    suppressions = Suppressions.of(store)
+    assert suppressions.suppressed(senders, sender="+13125550001", profile="4001767e-ce0f-4cae-9d5f-0d5e636e7809") == []
