@@ -11,22 +11,31 @@ store under its id (a redelivery finds it there), then:
   (:mod:`worker.suppressions`); a message seen for the first time goes to the inbound hook.
 - ``link_clicked`` (flat, with no event id: its id is derived from message, URL and time) is recorded against
   the message it names.
+
+A batch (as ``sendq web`` gathers them) is applied in one transaction with a fixed number of statements: the
+events are inserted in one statement (which tells the new from the redelivered), their messages read and locked
+in one, each message's events folded in Python in order of status rank and ``occurred_at`` (so a batch ends
+where the same events applied one by one would), and the changes written in one UPDATE per status step for
+all messages. Metrics and hooks follow the commit, through :class:`worker.outcomes.Outcomes`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from worker import metrics, statuses
+from worker.hooks import Hooks
 from worker.inbound import Inbound
-from worker.store import Store
-from worker.suppressions import OPT_IN, OPT_OUT, STOP_KEYWORD, Suppressions
+from worker.outcomes import Outcomes
+from worker.store import FoldedMessage, Store, lock_names, utcnow
+from worker.suppressions import OPT_IN, OPT_OUT, STOP_KEYWORD, Suppressions, opt_out_lock
 
 if TYPE_CHECKING:
-    from worker.hooks import Hooks
+    from sqlalchemy.engine import Connection
 
 SENT = "message.sent"
 FINALIZED = "message.finalized"
@@ -69,144 +78,291 @@ def _telnyx_id(data: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: How far back the scheduler's sweep looks for parked events whose message became known. The sweep covers a
+#: send that recorded its Telnyx id while a batch parking one of its events had not committed yet (seconds);
+#: the reconciler fetches from Telnyx whatever is older.
+PARKED_SWEEP_S = 3600.0
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Event:
+    event_id: str
+    kind: str
+    telnyx_id: str | None
+    data: Mapping[str, Any]
+    body: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any], stored_id: str | None = None) -> _Event | None:
+        data = event.get("data") if isinstance(event, Mapping) else None
+        found_id = stored_id or event_id(event)
+        if not isinstance(data, Mapping) or found_id is None:
+            return None
+        return cls(found_id, str(data.get("event_type") or data.get("record_type") or ""), _telnyx_id(data),
+                   data, event)
+
+    @property
+    def outbound(self) -> bool:
+        """An event that moves one of our messages (once its Telnyx id is known)."""
+        return self.telnyx_id is not None and self.kind in (SENT, FINALIZED)
+
+    @property
+    def rank(self) -> tuple[int, bool, datetime]:
+        """Where the event goes in its message's fold: lower status rank first, then earlier ``occurred_at``."""
+        payload = self.data.get("payload")
+        entries = (payload.get("to") if isinstance(payload, Mapping) else None) or [{}]
+        first = entries[0] if isinstance(entries[0], Mapping) else {}
+        is_sent = self.kind == SENT or first.get("status") == statuses.SENT
+        at = parse_time(self.data.get("occurred_at"))
+        return (statuses.RANK[statuses.SENT] if is_sent else statuses.RANK[statuses.DELIVERED], at is None,
+                at or _NEVER)
+
+    def row(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "event_type": self.kind, "telnyx_id": self.telnyx_id,
+                "occurred_at": parse_time(self.data.get("occurred_at")), "body": dict(self.body)}
+
+
 def apply_events(store: Store, batch: Sequence[Mapping[str, Any]], hooks: Hooks | None = None) -> list[str]:
-    """Apply a batch of verified events (as ``sendq web`` gathers them); one outcome constant per event."""
-    return [apply_event(store, event, hooks) for event in batch]
+    """Keep a batch of verified events and apply those whose message is known, in one transaction.
+
+    Returns one outcome constant per event, in order: a second copy of an event within the batch is a
+    ``DUPLICATE`` (or ``PARKED`` again, like its first copy). ``hooks`` (optional) receives inbound messages
+    and messages the batch made final.
+    """
+    parsed = [_Event.parse(event) for event in batch]
+    unique = list({e.event_id: e for e in reversed([p for p in parsed if p is not None])}.values())
+    decided = _Batch(store, hooks).apply(unique, record=True)
+    outcomes: list[str] = []
+    seen: set[str] = set()
+    for item in parsed:
+        if item is None:
+            outcomes.append(IGNORED)
+            continue
+        outcome = decided[item.event_id]
+        outcomes.append(outcome if item.event_id not in seen or outcome == PARKED else DUPLICATE)
+        seen.add(item.event_id)
+    return outcomes
 
 
 def apply_event(store: Store, event: Mapping[str, Any], hooks: Hooks | None = None) -> str:
-    """Keep ``event`` and apply it if its message is known. Returns one of the outcome constants.
-
-    ``hooks`` (optional) receives inbound messages and messages this event made final.
-    """
-    data = event.get("data")
-    found_id = event_id(event)
-    if not isinstance(data, Mapping) or found_id is None:
-        return IGNORED
-    kind = str(data.get("event_type") or data.get("record_type") or "")
-    telnyx_id = _telnyx_id(data)
-    fresh = store.record_event(found_id, kind, telnyx_id, parse_time(data.get("occurred_at")), event)
-    if not fresh and store.event_applied(found_id):
-        return DUPLICATE
-    local = _RECIPIENT_EVENTS.get(kind)
-    if local is not None:
-        outcome = local(store, data, found_id, hooks)
-        store.mark_applied(found_id)
-        return outcome
-    if telnyx_id is None or kind not in (SENT, FINALIZED):
-        store.mark_applied(found_id)
-        return IGNORED
-    message_id = store.id_by_telnyx_id(telnyx_id)
-    if message_id is None:
-        return PARKED
-    _apply_outbound(store, message_id, data, hooks)
-    store.mark_applied(found_id)
-    return APPLIED
-
-
-def _apply_inbound(store: Store, data: Mapping[str, Any], found_id: str, hooks: Hooks | None) -> str:
-    """Record an inbound message; act on a STOP or START keyword; hand a new message to the inbound hook."""
-    payload = data.get("payload")
-    if not isinstance(payload, Mapping) or not payload.get("id") or not isinstance(payload.get("from"), Mapping):
-        return IGNORED  # nothing to record it under
-    if not payload["from"].get("phone_number"):
-        return IGNORED
-    received_at = parse_time(payload.get("received_at")) or parse_time(data.get("occurred_at"))
-    record, fresh = Inbound.of(store).record_message(payload, received_at)
-    recipient, profile, number = record["from"], record["messaging_profile_id"], record["to"]
-    if profile or number:
-        suppressions = Suppressions.of(store)
-        if record["keyword"] in OPT_OUT:
-            suppressions.add(recipient, profile=profile, number=number, source=STOP_KEYWORD,
-                             keyword=record["keyword"], at=received_at)
-        elif record["keyword"] in OPT_IN:
-            suppressions.opt_in(recipient, profile=profile, number=number, at=received_at)
-    if fresh and hooks is not None:
-        hooks.inbound_message(record)
-    return APPLIED
-
-
-def _apply_click(store: Store, data: Mapping[str, Any], found_id: str, hooks: Hooks | None) -> str:
-    """Record a link click against the message it names (by Telnyx id; kept even if the message is unknown)."""
-    message_id = store.id_by_telnyx_id(str(data["message_id"]))
-    Inbound.of(store).record_click(found_id, data, message_id, parse_time(data.get("time_clicked")))
-    return APPLIED
-
-
-#: Events about what recipients did, applied without a message of ours to move.
-_RECIPIENT_EVENTS: dict[str, Callable[[Store, Mapping[str, Any], str, Any], str]] = {
-    RECEIVED: _apply_inbound, LINK_CLICKED: _apply_click,
-}
+    """Keep ``event`` and apply it if its message is known (a batch of one). Returns one of the outcome
+    constants."""
+    return apply_events(store, [event], hooks)[0]
 
 
 def apply_pending(store: Store, message_id: str, telnyx_id: str, hooks: Hooks | None = None) -> int:
-    """Apply the events parked for ``telnyx_id`` now that the send recorded it; returns how many."""
-    applied = 0
-    for parked in store.pending_events(telnyx_id):
-        data = parked["body"].get("data", {})
-        if data.get("event_type") in (SENT, FINALIZED):
-            _apply_outbound(store, message_id, data, hooks)
-        store.mark_applied(parked["event_id"])
-        applied += 1
-    return applied
+    """Apply the events parked for ``telnyx_id`` now that the send recorded it; returns how many.
 
-
-def _apply_outbound(store: Store, message_id: str, data: Mapping[str, Any], hooks: Hooks | None = None) -> None:
-    payload = data.get("payload") or {}
-    occurred_at = parse_time(data.get("occurred_at"))
-    entries = [e for e in payload.get("to") or [] if isinstance(e, Mapping)] or [{}]
-    details = _details(payload)
-    if data.get("event_type") == SENT or entries[0].get("status") == statuses.SENT:
-        store.transition(message_id, statuses.SENT, at=occurred_at, values=details)
-        return
-    errors = [_error(e) for e in payload.get("errors") or [] if isinstance(e, Mapping)]
-    final = _final_status(store, message_id, entries)
-    if final is None:
-        if errors:
-            store.add_errors(message_id, errors)  # a group recipient's failure, before the others are final
-        return
-    sent_at = parse_time(payload.get("sent_at"))
-    if sent_at is not None:
-        # A final event means the message was sent, whether or not message.sent has arrived yet.
-        store.transition(message_id, statuses.SENT, at=sent_at, values=details)
-    moved = store.transition(message_id, final, at=occurred_at, values=details, add_errors=errors)
-    if moved:
-        _count_final(store, message_id, final, payload, occurred_at)
-    if moved and hooks is not None:
-        hooks.final_status(store, message_id, final)
-
-
-def _count_final(store: Store, message_id: str, final: str, payload: Mapping[str, Any],
-                 occurred_at: datetime | None) -> None:
-    """The outcome metric, and accepted-to-final latency on Telnyx's clock (``received_at`` to completion)."""
-    row = store.row(message_id)
-    metrics.MESSAGES.labels(final, row["kind"], row["priority"]).inc()
-    metrics.observe_final(final, parse_time(payload.get("received_at")),
-                          parse_time(payload.get("completed_at")) or occurred_at)
-
-
-def _final_status(store: Store, message_id: str, entries: list[Mapping[str, Any]]) -> str | None:
-    """The message's final status from this event, or None while it is not final yet.
-
-    A single recipient's status is the message's. A group MMS gets one ``message.finalized`` per recipient:
-    each is recorded, and the message is final once every recipient is, with their common status, or
-    ``delivery_failed`` / ``delivery_unconfirmed`` when they differ (not everyone got it).
+    ``message_id`` is the message that now has ``telnyx_id``; the batch finds it again by that id, under lock.
     """
-    recipients = store.row(message_id)["recipients"]
-    reported = [(e.get("phone_number"), e.get("status")) for e in entries if e.get("status") in statuses.TELNYX_FINAL]
-    if len(recipients) == 1:
-        return reported[0][1] if reported else None
-    known: dict[str, str] = {}
-    for number, status in reported:
-        if number in recipients:
-            known = store.set_recipient_status(message_id, number, status)
-    if not known or set(known) != set(recipients) or not all(statuses.is_final(s) for s in known.values()):
-        return None
-    outcomes = set(known.values())
-    if len(outcomes) == 1:
-        return outcomes.pop()
-    failed = {statuses.DELIVERY_FAILED, statuses.SENDING_FAILED, statuses.EXPIRED}
-    return statuses.DELIVERY_FAILED if outcomes & failed else statuses.DELIVERY_UNCONFIRMED
+    del message_id
+    parked = [_Event.parse(p["body"], p["event_id"]) for p in store.pending_events(telnyx_id)]
+    decided = _Batch(store, hooks).apply([p for p in parked if p is not None], record=False)
+    return sum(1 for outcome in decided.values() if outcome == APPLIED)
+
+
+def apply_parked_known(store: Store, hooks: Hooks | None = None, *, limit: int = 500) -> int:
+    """Apply parked events whose message has its Telnyx id by now (the scheduler runs this every tick).
+
+    An event parked by a batch that committed after the send's :func:`apply_pending` read would otherwise wait
+    for the reconciler; this bounds that to a tick. Returns how many were applied.
+    """
+    found = store.parked_known(utcnow() - timedelta(seconds=PARKED_SWEEP_S), limit)
+    parked = [_Event.parse(p["body"], p["event_id"]) for p in found]
+    decided = _Batch(store, hooks).apply([p for p in parked if p is not None], record=False)
+    return sum(1 for outcome in decided.values() if outcome == APPLIED)
+
+
+@dataclass
+class _Batch:
+    """One transaction's worth of events, and what to announce once it commits."""
+
+    store: Store
+    hooks: Hooks | None
+    folds: dict[str, _Fold] = field(default_factory=dict)
+    after_commit: list[Callable[[], Any]] = field(default_factory=list)
+
+    def apply(self, items: list[_Event], *, record: bool) -> dict[str, str]:
+        if not items:
+            return {}
+        store = self.store
+        with store.engine.begin() as conn:
+            if record:
+                fresh = store.keep_events(conn, [e.row() for e in items])
+            else:
+                store.begin_batch(conn)
+                fresh = set()
+            wanted = [e.telnyx_id for e in items if e.outbound] + [
+                str(e.data["message_id"]) for e in items if e.kind == LINK_CLICKED]
+            found = store.lock_messages(conn, [w for w in wanted if w is not None])
+            # Read after the lock: a batch that applied one of these events held it until its commit.
+            applied = store.applied_events(conn, [e.event_id for e in items if e.event_id not in fresh])
+            decided = {e.event_id: DUPLICATE for e in items if e.event_id in applied}
+            pending = [e for e in items if e.event_id not in applied]
+            lock_names(conn, self._opt_out_locks(pending))
+            for item in pending:
+                decided[item.event_id] = self._apply_one(conn, item, found)
+            for fold in self.folds.values():
+                fold.run()
+            store.write_folded(conn, [f.folded() for f in self.folds.values() if f.changed])
+            store.mark_events_applied(conn, [i for i, o in decided.items() if o in (APPLIED, IGNORED)
+                                             and i not in applied])
+        self._announce()
+        return decided
+
+    def _apply_one(self, conn: Connection, item: _Event, found: Mapping[str, dict[str, Any]]) -> str:
+        if item.kind == RECEIVED:
+            return self._inbound(conn, item.data)
+        if item.kind == LINK_CLICKED:
+            row = found.get(str(item.data["message_id"]))
+            Inbound.record_click_within(conn, item.event_id, item.data, row["id"] if row else None,
+                                        parse_time(item.data.get("time_clicked")))
+            return APPLIED
+        if not item.outbound:
+            return IGNORED
+        row = found.get(str(item.telnyx_id))
+        if row is None:
+            return PARKED
+        self.folds.setdefault(row["id"], _Fold(row)).add(item)
+        return APPLIED
+
+    @staticmethod
+    def _opt_out_locks(items: list[_Event]) -> list[str]:
+        # Taken up front, sorted, so batches with several STOPs/STARTs never wait on each other in a cycle.
+        found = []
+        for item in items:
+            payload = item.data.get("payload")
+            if item.kind == RECEIVED and isinstance(payload, Mapping) and isinstance(payload.get("from"), Mapping):
+                found.append(opt_out_lock(str(payload["from"].get("phone_number"))))
+        return found
+
+    def _inbound(self, conn: Connection, data: Mapping[str, Any]) -> str:
+        """Record an inbound message; act on a STOP or START keyword; hand a new message to the inbound hook."""
+        payload = data.get("payload")
+        if not isinstance(payload, Mapping) or not payload.get("id") or not isinstance(payload.get("from"), Mapping):
+            return IGNORED  # nothing to record it under
+        if not payload["from"].get("phone_number"):
+            return IGNORED
+        received_at = parse_time(payload.get("received_at")) or parse_time(data.get("occurred_at"))
+        record, fresh = Inbound.record_message_within(conn, payload, received_at)
+        recipient, profile, number = record["from"], record["messaging_profile_id"], record["to"]
+        if (profile or number) and record["keyword"] in OPT_OUT:
+            if Suppressions.add_within(conn, recipient, profile=profile, number=number, source=STOP_KEYWORD,
+                                       keyword=record["keyword"], at=received_at):
+                self.after_commit.append(metrics.OPTOUTS.labels("added", STOP_KEYWORD).inc)
+        elif (profile or number) and record["keyword"] in OPT_IN:
+            lifted = Suppressions.opt_in_within(conn, recipient, profile=profile, number=number, at=received_at)
+            self.after_commit.append(lambda: metrics.OPTOUTS.labels("removed", "start_keyword").inc(lifted))
+        if fresh and self.hooks is not None:
+            hooks = self.hooks
+            self.after_commit.append(lambda: hooks.inbound_message(record))
+        return APPLIED
+
+    def _announce(self) -> None:
+        """Count and hand over what the committed batch did: moved messages through Outcomes (final ones only,
+        as ``sent`` is no outcome), accepted-to-final latency on Telnyx's clock, inbound hooks and opt-outs."""
+        finals = [f for f in self.folds.values() if f.final_event is not None]
+        Outcomes(self.store, self.hooks or Hooks.disabled()).reached(
+            {"id": f.row["id"], "status": f.status, "kind": f.row["kind"], "priority": f.row["priority"]}
+            for f in finals)
+        for fold in finals:
+            payload = fold.final_event or {}
+            metrics.observe_final(fold.status, parse_time(payload.get("received_at")),
+                                  parse_time(payload.get("completed_at")) or fold.final_at)
+        for call in self.after_commit:
+            call()
+
+
+class _Fold:
+    """One message's events folded onto its row: forward by rank only, never out of a final status."""
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self.row = row
+        self.status: str = row["status"]
+        self.moves: list[tuple[str, datetime | None]] = []
+        self.values: dict[str, Any] = {"parts": row["parts"], "cost": row["cost"]}
+        self.errors: list[dict[str, Any]] = list(row["errors"] or [])
+        self.recipient_statuses: dict[str, str] = dict(row["recipient_statuses"] or {})
+        self.changed = False
+        #: The payload of the event that made the message final, and when it happened.
+        self.final_event: Mapping[str, Any] | None = None
+        self.final_at: datetime | None = None
+        self._events: list[_Event] = []
+
+    def add(self, item: _Event) -> None:
+        self._events.append(item)
+
+    def folded(self) -> FoldedMessage:
+        return FoldedMessage(id=self.row["id"], status=self.status, status_at=self.row["status_at"],
+                             moves=self.moves, parts=self.values["parts"], cost=self.values["cost"],
+                             errors=self.errors, recipient_statuses=self.recipient_statuses or None)
+
+    def run(self) -> None:
+        for item in sorted(self._events, key=lambda e: e.rank):
+            self._apply(item.data)
+
+    def _move(self, to: str, at: datetime | None, details: Mapping[str, Any]) -> bool:
+        if self.status not in statuses.lower_than(to):
+            return False
+        self.status = to
+        self.moves.append((to, at))
+        self.values.update(details)
+        self.changed = True
+        return True
+
+    def _apply(self, data: Mapping[str, Any]) -> None:
+        payload = data.get("payload") or {}
+        occurred_at = parse_time(data.get("occurred_at"))
+        entries = [e for e in payload.get("to") or [] if isinstance(e, Mapping)] or [{}]
+        details = _details(payload)
+        if data.get("event_type") == SENT or entries[0].get("status") == statuses.SENT:
+            self._move(statuses.SENT, occurred_at, details)
+            return
+        errors = [_error(e) for e in payload.get("errors") or [] if isinstance(e, Mapping)]
+        final = self._final_status(entries)
+        if final is None:
+            if errors:  # a group recipient's failure, before the others are final
+                self.errors.extend(errors)
+                self.changed = True
+            return
+        sent_at = parse_time(payload.get("sent_at"))
+        if sent_at is not None:
+            # A final event means the message was sent, whether or not message.sent has arrived yet.
+            self._move(statuses.SENT, sent_at, details)
+        if self._move(final, occurred_at, details):
+            self.errors.extend(errors)
+            self.final_event, self.final_at = payload, occurred_at
+
+    def _final_status(self, entries: list[Mapping[str, Any]]) -> str | None:
+        """The message's final status from this event, or None while it is not final yet.
+
+        A single recipient's status is the message's. A group MMS gets one ``message.finalized`` per recipient:
+        each is recorded, and the message is final once every recipient is, with their common status, or
+        ``delivery_failed`` / ``delivery_unconfirmed`` when they differ (not everyone got it).
+        """
+        recipients = self.row["recipients"]
+        reported = [(e.get("phone_number"), e.get("status")) for e in entries
+                    if e.get("status") in statuses.TELNYX_FINAL]
+        if len(recipients) == 1:
+            return reported[0][1] if reported else None
+        known = self.recipient_statuses
+        named = False
+        for number, status in reported:
+            if number in recipients:
+                named = True
+                if statuses.RANK[status] > statuses.RANK[known.get(number, statuses.SUBMITTED)]:
+                    known[number] = status
+                    self.changed = True
+        if not named or set(known) != set(recipients) or not all(statuses.is_final(s) for s in known.values()):
+            return None
+        outcomes = set(known.values())
+        if len(outcomes) == 1:
+            return outcomes.pop()
+        failed = {statuses.DELIVERY_FAILED, statuses.SENDING_FAILED, statuses.EXPIRED}
+        return statuses.DELIVERY_FAILED if outcomes & failed else statuses.DELIVERY_UNCONFIRMED
 
 
 def _details(payload: Mapping[str, Any]) -> dict[str, Any]:

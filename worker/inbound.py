@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from worker.store import inbound_messages, link_clicks, utcnow
+from worker.store import inbound_messages, insert_new, link_clicks, utcnow
 from worker.suppressions import keyword
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from worker.store import Store
 
@@ -49,6 +49,13 @@ class Inbound:
         """Keep an inbound message (a ``message.received`` payload) Telnyx received at ``received_at``; returns
         ``(record, fresh)``, ``fresh`` False when the Telnyx id was recorded before (a redelivered message).
         """
+        with self.engine.begin() as conn:
+            return self.record_message_within(conn, payload, received_at)
+
+    @staticmethod
+    def record_message_within(conn: Connection, payload: Mapping[str, Any],
+                              received_at: datetime | None) -> tuple[dict[str, Any], bool]:
+        """:meth:`record_message` in the caller's transaction (a batch of events)."""
         to = [_number(t) for t in payload.get("to") or []]
         row = {
             "telnyx_id": str(payload.get("id") or ""), "from_number": _number(payload.get("from")) or "",
@@ -57,12 +64,8 @@ class Inbound:
             "keyword": keyword(payload.get("text")),
             "received_at": received_at or utcnow(), "body": dict(payload),
         }
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(inbound_messages.insert().values(**row))
-        except sa.exc.IntegrityError:
-            return self._as_record(row), False
-        return self._as_record(row), True
+        fresh = insert_new(conn, inbound_messages, row)
+        return Inbound._as_record(row), fresh
 
     def message(self, telnyx_id: str) -> dict[str, Any] | None:
         query = inbound_messages.select().where(inbound_messages.c.telnyx_id == telnyx_id)
@@ -74,15 +77,17 @@ class Inbound:
                      clicked_at: datetime | None) -> bool:
         """Keep a ``link_clicked`` webhook's data against ``message_id`` (sendq's id, or None when unknown);
         False if it was kept before."""
+        with self.engine.begin() as conn:
+            return self.record_click_within(conn, event_id, data, message_id, clicked_at)
+
+    @staticmethod
+    def record_click_within(conn: Connection, event_id: str, data: Mapping[str, Any], message_id: str | None,
+                            clicked_at: datetime | None) -> bool:
+        """:meth:`record_click` in the caller's transaction (a batch of events)."""
         row = {"event_id": event_id, "message_id": message_id, "telnyx_message_id": str(data.get("message_id")),
                "recipient": data.get("to"), "url": data.get("url"), "clicked_at": clicked_at,
                "body": dict(data), "received_at": utcnow()}
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(link_clicks.insert().values(**row))
-        except sa.exc.IntegrityError:
-            return False
-        return True
+        return insert_new(conn, link_clicks, row)
 
     def clicks(self, message_id: str) -> list[dict[str, Any]]:
         """A message's link clicks, oldest first: ``{"url", "to", "clicked_at"}``."""

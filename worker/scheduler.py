@@ -8,6 +8,8 @@ Each tick:
   record, and a row can outlive its job (Redis restarted without persistence, an enqueue that failed after
   the commit). The row names the job that owns it, so if the old job turns up after all it stops before it
   takes a rate slot, and a message waiting for a far-off slot is not taken for lost;
+- applies parked webhook events whose message has its Telnyx id by now (an event parked by a batch that
+  committed just after the send looked for parked events would otherwise wait for the reconciler);
 - with a :class:`worker.reconcile.Reconciler`: re-sends or fails ``sending`` messages past their lease, and
   fetches from Telnyx the messages whose final webhook never came;
 - with a :class:`worker.optout_sync.PeriodicOptOutSync`: every ``optout_sync_interval_s``, copies the opt-outs
@@ -24,6 +26,8 @@ from datetime import timedelta
 from worker.actors import Actors
 from worker.bulk_updates import BulkUpdates
 from worker.campaigns import Campaigns
+from worker.events import apply_parked_known
+from worker.hooks import Hooks
 from worker.optout_sync import PeriodicOptOutSync
 from worker.queue_metrics import beat
 from worker.reconcile import Reconciler
@@ -43,11 +47,13 @@ class Scheduler:
         self.actors = actors
         self.reconciler = reconciler
         self.optout_sync = optout_sync
+        self.hooks = reconciler.hooks if reconciler is not None else Hooks.from_settings(settings, actors.broker)
 
     def tick(self) -> dict[str, int]:
         """One pass of every duty; returns how many messages each moved."""
         counts = {"promoted": self.promote_due(), "requeued": self.requeue_lost(),
-                  "bulk_requeued": self._requeue_bulk_updates(), "campaigns_started": self.start_campaigns()}
+                  "bulk_requeued": self._requeue_bulk_updates(), "campaigns_started": self.start_campaigns(),
+                  "parked_applied": self.apply_parked()}
         counts |= self.optout_sync.tick() if self.optout_sync else {}
         return counts | (self.reconciler.tick() if self.reconciler else {"resent": 0, "reconciled": 0})
 
@@ -71,6 +77,13 @@ class Scheduler:
         if requeued:
             log.info("re-enqueued %d queued messages that had no job", requeued)
         return requeued
+
+    def apply_parked(self) -> int:
+        """Apply parked events whose message is known by now (see :func:`worker.events.apply_parked_known`)."""
+        applied = apply_parked_known(self.store, self.hooks)
+        if applied:
+            log.info("applied %d parked events whose message became known", applied)
+        return applied
 
     def _requeue_bulk_updates(self) -> int:
         """Re-enqueue bulk updates in progress that no job touched for ``requeue_after_s`` (their job was lost)."""

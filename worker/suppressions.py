@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from worker import metrics
 from worker.errors import ValidationError
 from worker.sms import is_e164, sender_kind
-from worker.store import inbound_messages, suppressions, utcnow
+from worker.store import inbound_messages, insert_new, lock_names, suppressions, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -66,6 +66,11 @@ def keyword(text: str | None) -> str | None:
     """The opt-out or opt-in keyword ``text`` is, normalized (``"stop all"``, ``"start"``), else None."""
     word = " ".join((text or "").split()).casefold()
     return word if word in OPT_OUT or word in OPT_IN else None
+
+
+def opt_out_lock(recipient: str) -> str:
+    """The lock name that serializes a recipient's blocks and opt-ins (see :func:`worker.store.lock_names`)."""
+    return f"sendq.optout:{recipient}"
 
 
 def check_pair(recipient: Any, scope: Any) -> tuple[str, str | None, str | None]:
@@ -133,32 +138,48 @@ class Suppressions:
         A row already there keeps its time. A block older than an opt-in the recipient already sent for the same
         scope is removed again at once (the START was later, so it wins).
         """
+        with self.engine.begin() as conn:
+            added = self.add_within(conn, recipient, profile=profile, number=number, source=source,
+                                    keyword=keyword, at=at)
+        if added:
+            metrics.OPTOUTS.labels("added", source).inc()
+        return added
+
+    @staticmethod
+    def add_within(conn: Connection, recipient: str, *, profile: str | None = None, number: str | None = None,
+                   source: str, keyword: str | None = None, at: datetime | None = None) -> bool:
+        """:meth:`add` in the caller's transaction, uncounted (the caller counts once it commits)."""
         if not profile and not number:
             raise ValueError("a suppression needs a messaging profile or a number")
         at = at or utcnow()
         row = {"recipient": recipient, "scope": profile or number, "messaging_profile_id": profile or None,
                "number": number or None, "source": source, "keyword": keyword, "created_at": at}
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(suppressions.insert().values(**row))
-        except sa.exc.IntegrityError:
+        # Every block and opt-in of a recipient holds this lock to commit: a STOP and a START that race each
+        # see the other's rows, whichever commits first.
+        lock_names(conn, [opt_out_lock(recipient)])
+        if not insert_new(conn, suppressions, row):
             return False
-        with self.engine.begin() as conn:
-            if self._opted_in_since(conn, row):
-                self._delete(conn, [row], at)
-                return False
-        metrics.OPTOUTS.labels("added", source).inc()
+        if Suppressions._opted_in_since(conn, row):
+            Suppressions._delete(conn, [row], at)
+            return False
         return True
 
     def opt_in(self, recipient: str, *, profile: str | None, number: str | None, at: datetime | None = None) -> int:
         """Lift the blocks of ``recipient`` that a START to ``number`` on ``profile`` at ``at`` covers; how many."""
-        at = at or utcnow()
         with self.engine.begin() as conn:
-            rows = conn.execute(suppressions.select().where(
-                suppressions.c.recipient == recipient, suppressions.c.created_at <= at)).mappings().all()
-            lifted = self._delete(conn, [r for r in rows if _covered_by_opt_in(r, profile, number)], at)
+            lifted = self.opt_in_within(conn, recipient, profile=profile, number=number, at=at)
         metrics.OPTOUTS.labels("removed", "start_keyword").inc(lifted)
         return lifted
+
+    @staticmethod
+    def opt_in_within(conn: Connection, recipient: str, *, profile: str | None, number: str | None,
+                      at: datetime | None = None) -> int:
+        """:meth:`opt_in` in the caller's transaction, uncounted."""
+        at = at or utcnow()
+        lock_names(conn, [opt_out_lock(recipient)])
+        rows = conn.execute(suppressions.select().where(
+            suppressions.c.recipient == recipient, suppressions.c.created_at <= at)).mappings().all()
+        return Suppressions._delete(conn, [r for r in rows if _covered_by_opt_in(r, profile, number)], at)
 
     def remove(self, recipient: str, scope: str) -> bool:
         """Drop one pair (an operator's decision); whether it was there."""
