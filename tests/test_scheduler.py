@@ -87,12 +87,13 @@ def test_a_fresh_queued_message_is_left_to_its_job(stack):
 def test_a_job_redelivered_after_its_worker_died_mid_send_resumes_at_once(stack):
     """The worker that claimed the message died (here: the claim is made and nothing else); the broker delivers
     the same job again. It takes the send over with the same Idempotency-Key instead of leaving the message
-    ``sending`` until the lease runs out."""
+    ``sending`` until the lease runs out; a duplicate job of the same generation does not."""
     store = stack.services.store
     row = _queued(stack, "resumed")
-    assert store.claim(row["id"], 0) is not None  # the lost worker's claim
+    assert store.claim(row["id"], 0, job="job-1") is not None  # the lost worker's claim
 
-    assert send_one(stack.services, row["id"], generation=0, last_try=False) == statuses.SUBMITTED
+    assert send_one(stack.services, row["id"], generation=0, job="job-2", last_try=False) == SKIPPED  # a duplicate
+    assert send_one(stack.services, row["id"], generation=0, job="job-1", last_try=False) == statuses.SUBMITTED
     record = stack.wait_final(row["id"])
     assert record["status"] == statuses.DELIVERED and record["attempts"] == 2
     assert [e["code"] for e in record["errors"]] == ["ambiguous"]
@@ -104,11 +105,11 @@ def test_a_resumed_send_racing_a_live_worker_makes_one_message(stack):
     message, and only one of them records it."""
     store = stack.services.store
     row = _queued(stack, "raced twice")
-    claimed = store.claim(row["id"], 0)
+    claimed = store.claim(row["id"], 0, job="job-1")
     assert claimed is not None
     first = stack.services.telnyx.messages.send(claimed["endpoint"], claimed["body"], idempotency_key=row["id"])
 
-    assert send_one(stack.services, row["id"], generation=0, last_try=False) == statuses.SUBMITTED
+    assert send_one(stack.services, row["id"], generation=0, job="job-1", last_try=False) == statuses.SUBMITTED
     assert stack.wait_final(row["id"])["telnyx_id"] == str(first["id"])
     assert len(stack.simulator.state.messages) == 1
 
@@ -116,10 +117,10 @@ def test_a_resumed_send_racing_a_live_worker_makes_one_message(stack):
 def test_a_job_superseded_while_its_message_is_sending_does_not_resume(stack):
     store = stack.services.store
     row = _queued(stack, "taken back")
-    assert store.claim(row["id"], 0) is not None
+    assert store.claim(row["id"], 0, job="job-1") is not None
     assert store.transition(row["id"], statuses.QUEUED, from_=[statuses.SENDING])  # the lease gave it back
     assert store.next_job(row["id"], after=None, due_at=utcnow()) == 1
-    assert store.claim(row["id"], 1) is not None  # the new job's claim
+    assert store.claim(row["id"], 1, job="job-2") is not None  # the new job's claim
 
-    assert send_one(stack.services, row["id"], generation=0, last_try=False) == SKIPPED
+    assert send_one(stack.services, row["id"], generation=0, job="job-1", last_try=False) == SKIPPED
     assert stack.simulator.state.messages == {}

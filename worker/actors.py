@@ -94,7 +94,7 @@ class Actors:
         current = CurrentMessage.get_current_message()
         retries = current.options.get("retries", 0) if current else 0
         try:
-            send_one(self.services, message_id, generation=generation,
+            send_one(self.services, message_id, generation=generation, job=current.message_id if current else None,
                      last_try=retries >= self.services.settings.send_max_retries)
         except Defer as deferred:
             if deferred.generation is not None:

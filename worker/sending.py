@@ -58,18 +58,20 @@ class Defer(Exception):
         self.generation = generation
 
 
-def send_one(services: Services, message_id: str, *, last_try: bool, generation: int | None = None) -> str:
+def send_one(services: Services, message_id: str, *, last_try: bool, generation: int | None = None,
+             job: str | None = None) -> str:
     """Send ``message_id`` if it is still ``queued`` (and owned by job ``generation``, when given); returns the
-    status it reached (or ``skipped``).
+    status it reached (or ``skipped``). ``job`` is the broker's id of the running job: the same job delivered
+    again after its worker died finds the message ``sending`` under that id and takes the send over.
 
     Raises :class:`Defer` when its rate slot is too far off or its sender is held, and the Telnyx error (or
     ``dramatiq.Retry`` with Telnyx's delay) after putting the message back to ``queued`` (``failed`` when
     ``last_try``) when :func:`worker.classify.classify` says to retry it through the queue.
     """
-    row = services.store.claim(message_id, generation)
+    row = services.store.claim(message_id, generation, job)
     if row is None:
         found = services.store.row(message_id)
-        if not _in_flight(found, generation):
+        if not _in_flight(found, generation, job):
             return _not_claimed(services, found, generation)
         row = _resume(services, found)
         if row is None:
@@ -105,10 +107,11 @@ def send_one(services: Services, message_id: str, *, last_try: bool, generation:
     return status
 
 
-def _in_flight(row: dict[str, Any], generation: int | None) -> bool:
+def _in_flight(row: dict[str, Any], generation: int | None, job: str | None) -> bool:
     """Whether ``row`` was claimed by this very job: the broker delivered it again because the worker that ran
-    it died mid-send (or, rarely, thought it had)."""
-    return generation is not None and row["status"] == statuses.SENDING and (row["job_gen"] or 0) == generation
+    it died mid-send (or, rarely, thought it had). A duplicate job for the same message is another job."""
+    return (job is not None and generation is not None and row["status"] == statuses.SENDING
+            and (row["job_gen"] or 0) == generation and row["claimed_by"] == job)
 
 
 def _resume(services: Services, row: dict[str, Any]) -> dict[str, Any] | None:

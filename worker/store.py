@@ -76,6 +76,9 @@ messages = sa.Table(
     #: When the owning job should run at the latest; the scheduler re-enqueues a ``queued`` message whose job
     #: is ``requeue_after_s`` past this (the job was lost), not one merely waiting for a far-off rate slot.
     sa.Column("job_due_at", UTCDateTime),
+    #: The broker's id of the job (dramatiq message) whose claim made the message ``sending``: the same job,
+    #: delivered again after its worker died, takes the send over (see :mod:`worker.sending`).
+    sa.Column("claimed_by", sa.String(64)),
     #: The campaign the message belongs to (see :mod:`worker.campaigns`), null for single sends.
     sa.Column("campaign_id", sa.String(36)),
     sa.Column("created_at", UTCDateTime, nullable=False),
@@ -362,7 +365,7 @@ def _claim_statement(dialect: str, owned: bool) -> sa.Update:
             .where(messages.c.id == sa.bindparam("_id"), messages.c.status == statuses.QUEUED,
                    CONDITIONS["owned_and_valid" if owned else "still_valid"], ~blocked)
             .values(status=statuses.SENDING, status_at=sa.bindparam("_now"), updated_at=sa.bindparam("_now"),
-                    attempts=messages.c.attempts + 1)
+                    attempts=messages.c.attempts + 1, claimed_by=sa.bindparam("_job"))
             .returning(*_MOVED_COLUMNS))
 
 
@@ -659,15 +662,16 @@ class Store:
                              .values(recipient_statuses=current))
         return current
 
-    def claim(self, message_id: str, generation: int | None = None) -> dict[str, Any] | None:
+    def claim(self, message_id: str, generation: int | None = None, job: str | None = None) -> dict[str, Any] | None:
         """``queued`` -> ``sending``, counting the attempt, unless the message is no longer valid, a recipient is
         suppressed for its sender or profile, or (with ``generation``) another job owns it. One statement.
 
-        Returns the moved row (``_MOVED_COLUMNS``) or None; :meth:`row` then tells why.
+        ``job`` is the broker's id of the claiming job, kept in ``claimed_by``. Returns the moved row
+        (``_MOVED_COLUMNS``) or None; :meth:`row` then tells why.
         """
         statement = _claim_statement(self.engine.dialect.name, generation is not None)
         with self.reader.connect() as conn:
-            moved = conn.execute(statement, {"_id": message_id, "_now": utcnow(), "_gen": generation})
+            moved = conn.execute(statement, {"_id": message_id, "_now": utcnow(), "_gen": generation, "_job": job})
             found = moved.mappings().first()
         return dict(found) if found else None
 
