@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,8 +102,8 @@ class WebhookBatcher:
     decides between two deliveries of one id wherever they land. Lives on one event loop; made in the lifespan.
     """
 
-    def __init__(self, redis: aioredis.Redis, actors: Actors, enqueue: AsyncEnqueue, *, dedupe_ttl_s: int,
-                 window_s: float, max_size: int) -> None:
+    def __init__(self, redis: aioredis.Redis, actors: Actors, enqueue: Callable[[Message], Awaitable[None]], *,
+                 dedupe_ttl_s: int, window_s: float, max_size: int) -> None:
         self.redis, self.actors, self.enqueue = redis, actors, enqueue
         self.dedupe_ttl_s, self.window_s, self.max_size = dedupe_ttl_s, window_s, max_size
         self._keys: list[bytes] = []
