@@ -21,9 +21,11 @@ timestamps are fresh. The load generators run in their own processes so they do 
   lateness is reported as ``lag``: a high lag means the generator, not the server, fell behind.
 
 After each phase the run is checked: no non-2xx answer nor socket error, as many accepted webhooks as answered
-requests, and each one exactly one job: for sendq, the ``accepted`` count of ``/metrics`` equals the ``events``
-queue's length, its message hash, its distinct event ids and its dedupe keys, and no other result (duplicate,
-refused) was counted; for the reference, its list's length equals its distinct ids and its dedupe keys. The
+requests, and each one in exactly one job: for sendq (one ``apply_events`` job per batch), the ``accepted``
+count of ``/metrics`` equals the events held by the jobs of the ``events`` queue, their distinct event ids and
+the dedupe keys, the queue's length equals its message hash, and no other result (duplicate, refused) was
+counted; for the reference (one list entry per event), its list's length equals its distinct ids and its
+dedupe keys. Events per job is printed for sendq. The
 namespace's keys are deleted after each phase and at the end. The load average is printed: other processes on
 the machine make the absolute figures move, which is why both servers are measured in the same run, and why
 the summary and the goals take the median over rounds (each round is printed too).
@@ -441,10 +443,13 @@ class SendqWeb(Server):
         accepted = int(results.pop("accepted", 0)) - accepted_before
         other = {result: n for result, n in results.items() if n}  # duplicates, refusals: none expected
         queued, stored = self.redis.llen(f"{ns}:events"), self.redis.hlen(f"{ns}:events.msgs")
-        event_ids = {json.loads(raw)["args"][0]["data"]["id"] for _, raw in
-                     self.redis.hscan_iter(f"{ns}:events.msgs", count=5_000)}
-        one_each = accepted == queued == stored == len(event_ids) == self.count_keys(f"{ns}:webhook:*")
-        return {"accepted": accepted, "jobs": queued, "ok": one_each and not other, "other_results": other}
+        # One apply_events job per batch: every accepted event is in exactly one of them.
+        event_ids = [event["data"]["id"] for _, raw in self.redis.hscan_iter(f"{ns}:events.msgs", count=5_000)
+                     for event in json.loads(raw)["args"][0]]
+        one_each = (queued == stored and accepted == len(event_ids) == len(set(event_ids))
+                    == self.count_keys(f"{ns}:webhook:*"))
+        return {"accepted": accepted, "jobs": queued, "events_per_job": round(accepted / max(queued, 1), 1),
+                "ok": one_each and not other, "other_results": other}
 
 
 class Reference(Server):
@@ -531,6 +536,9 @@ def print_rounds(results: dict[str, list[dict]], rounds: int) -> None:
             print(f"{index + 1:>5} {name:10} {peak['per_s']:9.0f} {peak['cpu_us']:6} {peak['p50_ms']:6.1f} "
                   f"{peak['p99_ms']:6.1f} | {fixed['per_s']:7.0f} {fixed['p50_ms']:6.1f} {fixed['p99_ms']:6.1f} "
                   f"{fixed['max_ms']:6.1f} {fixed['lag_p99_ms']:7.1f} | {'ok' if ok else 'FAILED'}")
+            if "events_per_job" in peak["check"]:
+                print(f"      events per job: {peak['check']['events_per_job']} at max, "
+                      f"{fixed['check']['events_per_job']} at {fixed['per_s']:.0f}/s")
             if not ok:
                 print(f"      max phase: {peak['check']}; fixed rate: {fixed['check']}")
 
@@ -553,7 +561,9 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace, settings: S
           f"{ref['fixed_p50_ms']:.1f}/{ref['fixed_p99_ms']:.1f} ms")
     print(f"sendq/reference: throughput {ratio:.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); CPU per "
           f"request {sendq['max_cpu_us']:.0f} us vs {ref['max_cpu_us']:.0f} us, so {cpu_ratio:.2f} as efficient")
-    goals = {"sendq >= 0.8 x reference": ratio >= 0.8, "sendq >= 2,000 req/s": sendq["max_per_s"] >= 2000,
+    goals = {"sendq >= 1.0 x reference (throughput)": ratio >= 1.0,
+             "sendq >= 1.0 x reference (CPU per request)": cpu_ratio >= 1.0,
+             "sendq >= 2,000 req/s": sendq["max_per_s"] >= 2000,
              f"sendq p99 <= 50 ms at {args.rate:g}/s": sendq["fixed_p99_ms"] <= 50,
              "every accepted webhook one job, no error": sendq["checks_ok"] and ref["checks_ok"]}
     for goal, met in goals.items():

@@ -110,11 +110,19 @@ class Namespace:
     redis: redis.Redis
     namespace: str
 
-    def queued(self) -> list[Any]:
-        """The events waiting in the events queue, delayed ones included."""
+    def jobs(self) -> list[dict[str, Any]]:
+        """The jobs waiting in the events queue, delayed ones included."""
         found = []
         for queue in ("events", "events.DQ"):
-            found += [json.loads(raw)["args"][0] for raw in self.redis.hvals(f"{self.namespace}:{queue}.msgs")]
+            found += [json.loads(raw) for raw in self.redis.hvals(f"{self.namespace}:{queue}.msgs")]
+        return found
+
+    def queued(self) -> list[Any]:
+        """The events those jobs hold: the receiver enqueues ``apply_events`` jobs of one batch each."""
+        found = []
+        for job in self.jobs():
+            assert job["actor_name"] == "apply_events", job
+            found += job["args"][0]
         return found
 
     def written(self) -> list[bytes]:

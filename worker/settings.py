@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = 256 * 1024
     #: How long a webhook event id is remembered in Redis; the store remembers it for good.
     webhook_dedupe_ttl_s: int = 7 * 24 * 3600
+    #: Verified webhooks arriving within this many ms of a batch's first one are deduplicated in one Redis round
+    #: trip and enqueued as one ``apply_events`` job; each waits for its batch before its 2xx (group commit).
+    webhook_batch_ms: float = Field(default=5.0, ge=0)
+    #: A batch this large is flushed without waiting for the rest of its window.
+    webhook_batch_max: int = Field(default=100, ge=1)
 
     http_timeout_s: float = 10.0
     http_connect_timeout_s: float = 5.0

@@ -1,8 +1,13 @@
 """``sendq web``: the ASGI app that receives Telnyx webhooks, plus health and metrics.
 
 A webhook is read with a size cap, verified (Ed25519, +-300 s), parsed, deduplicated on its event id and
-enqueued for ``apply_event``; only then is it acknowledged, so an event is never lost to a 2xx. The slow
+enqueued for ``apply_events``; only then is it acknowledged, so an event is never lost to a 2xx. The slow
 work happens in the worker, which keeps answers well inside Telnyx's 2 s.
+
+Verified events are group-committed (:class:`WebhookBatcher`): the events that arrive within
+``SENDQ_WEBHOOK_BATCH_MS`` of a batch's first one are deduplicated in one Redis round trip and enqueued as one
+``apply_events`` job, and every request of the batch is answered when that job is in Redis. Two Redis round
+trips per batch instead of two per request is most of what a request cost (bench/webhook_load.py).
 
 The webhook path runs on the event loop and talks to Redis through an asyncio client: a thread per request
 (``run_in_threadpool``) with two blocking Redis round trips cost more CPU than the rest of the request
@@ -11,11 +16,14 @@ together (bench/webhook_load.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from worker import metrics
 from worker.actors import Actors
@@ -73,21 +82,147 @@ class AsyncEnqueue:
         broker.emit_after("enqueue", message, None)
 
 
+ACCEPTED, DUPLICATE, UNAVAILABLE = "accepted", "duplicate", "unavailable"
+#: A batch is flushed early once its bodies add up to this, so one job stays a few MiB at most even when every
+#: webhook is near the body cap.
+BATCH_MAX_BYTES = 1 << 20
+#: How long a failed batch tries to delete its dedupe keys before answering 503 anyway.
+FORGET_TIMEOUT_S = 1.0
+#: How long shutdown waits for batches in flight before failing their requests.
+CLOSE_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
+
+
+class WebhookBatcher:
+    """Group commit of verified events: one dedupe round trip and one ``apply_events`` job per batch.
+
+    :meth:`submit` adds an event and waits for its batch. A batch is flushed ``window_s`` after its first event,
+    or at once when it holds ``max_size`` events (or ``BATCH_MAX_BYTES``); batches flush concurrently, and SET NX
+    decides between two deliveries of one id wherever they land. Lives on one event loop; made in the lifespan.
+    """
+
+    def __init__(self, redis: aioredis.Redis, actors: Actors, enqueue: Callable[[Message], Awaitable[None]], *,
+                 dedupe_ttl_s: int, window_s: float, max_size: int) -> None:
+        self.redis, self.actors, self.enqueue = redis, actors, enqueue
+        self.dedupe_ttl_s, self.window_s, self.max_size = dedupe_ttl_s, window_s, max_size
+        self._keys: list[bytes] = []
+        self._events: list[dict[str, Any]] = []
+        self._waiters: list[asyncio.Future[str]] = []
+        self._bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._closed = False
+        # One child per label, looked up once: labels() takes a lock and builds a tuple on every call.
+        self._counters = {r: metrics.WEBHOOKS.labels(r) for r in (ACCEPTED, DUPLICATE, UNAVAILABLE)}
+
+    async def submit(self, key: bytes, event: dict[str, Any], size: int) -> str:
+        """``accepted`` once ``event`` is in a queued job, ``duplicate`` if ``key`` was seen, ``unavailable`` if
+        Redis failed (nothing acknowledged: the caller answers 503 and Telnyx retries). Counted in the metric."""
+        if self._closed:
+            self._counters[UNAVAILABLE].inc()
+            return UNAVAILABLE
+        waiter = asyncio.get_running_loop().create_future()
+        self._keys.append(key)
+        self._events.append(event)
+        self._waiters.append(waiter)
+        self._bytes += size
+        if len(self._keys) >= self.max_size or self._bytes >= BATCH_MAX_BYTES:
+            self._flush_now()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush_now)
+        return await waiter
+
+    def _flush_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._keys:
+            return
+        batch = (self._keys, self._events, self._waiters)
+        self._keys, self._events, self._waiters, self._bytes = [], [], [], 0
+        task = asyncio.get_running_loop().create_task(self._flush(*batch))
+        # The loop keeps only weak references to tasks; this one must live until every waiter has its answer.
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, keys: list[bytes], events: list[dict[str, Any]],
+                     waiters: list[asyncio.Future[str]]) -> None:
+        try:
+            results = await self._commit(keys, events)
+        except (redis.RedisError, asyncio.CancelledError) as exc:
+            # Cancelled: shutdown gave up on a Redis that does not answer; the same answer as Redis down.
+            log.warning("webhook batch of %d not enqueued: %r", len(keys), exc)
+            results = [UNAVAILABLE] * len(keys)
+        except Exception as exc:
+            # A bug: each request fails as a single one would (500, logged by the server), never hangs.
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for result, count in Counter(results).items():
+            self._counters[result].inc(count)
+        for waiter, result in zip(waiters, results, strict=True):
+            # Done already: its request was cancelled (client gone); the event is queued all the same.
+            if not waiter.done():
+                waiter.set_result(result)
+
+    async def _commit(self, keys: list[bytes], events: list[dict[str, Any]]) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            # execute_command, not pipe.set: set()'s argument checks were a visible share of a batch's CPU.
+            pipe.execute_command("SET", key, b"1", "NX", "EX", self.dedupe_ttl_s)
+        try:
+            fresh = await pipe.execute()
+        except BaseException:
+            # Which SETs Redis applied is unknown: forget them all, or a retry of an event never enqueued would be
+            # taken for a duplicate. A key of an event accepted elsewhere may go too; the store dedupes that one.
+            await self._forget(keys)
+            raise
+        mine = [key for key, done in zip(keys, fresh, strict=True) if done]
+        if mine:
+            try:
+                # One key twice in a batch: the first SET NX wins, the second is a duplicate, as across batches.
+                await self.enqueue(self.actors.apply_events.message([e for e, done in zip(events, fresh, strict=True)
+                                                                     if done]))
+            except BaseException:
+                await self._forget(mine)
+                raise
+        return [ACCEPTED if done else DUPLICATE for done in fresh]
+
+    async def _forget(self, keys: list[bytes]) -> None:
+        # Best effort, and bounded: Redis is likely the reason we are here.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(FORGET_TIMEOUT_S):
+                await self.redis.delete(*keys)
+
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Flush what is waiting and wait for the batches in flight; after ``timeout_s`` they are cancelled, and
+        their requests answered ``unavailable``. Later submits are answered ``unavailable`` at once."""
+        self._closed = True
+        self._flush_now()
+        if not self._flushing:
+            return
+        _, stuck = await asyncio.wait(set(self._flushing), timeout=timeout_s)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck)
+
+
 @dataclass
 class WebhookReceiver:
     """Verify, parse, dedupe and enqueue one webhook. Free of ASGI so it can be called from anywhere."""
 
     keys: list[VerifyKey]
-    redis: aioredis.Redis
-    actors: Actors
-    enqueue: AsyncEnqueue
+    batcher: WebhookBatcher
     namespace: str
     tolerance_s: int
-    dedupe_ttl_s: int
     clock: Callable[[], float] = time.time
 
     async def receive(self, body: bytes, signature: str | None, timestamp: str | None) -> tuple[int, str]:
-        """Returns ``(HTTP status, result)``; the result is also the metric label."""
+        """Returns ``(HTTP status, result)``; the result is also the metric label (the batcher counts
+        ``accepted``, ``duplicate`` and ``unavailable``, the caller the rest)."""
         try:
             verify(body, signature, timestamp, self.keys, now=self.clock(), tolerance_s=self.tolerance_s)
         except StaleTimestamp:
@@ -99,18 +234,8 @@ class WebhookReceiver:
             return 400, "malformed"
         # surrogatepass: a JSON "\ud800" escape yields a str UTF-8 cannot encode; the key stays one per id.
         key = f"{self.namespace}:webhook:{_dedupe_id(event)}".encode("utf-8", "surrogatepass")
-        try:
-            if not await self.redis.set(key, "1", nx=True, ex=self.dedupe_ttl_s):
-                return 200, "duplicate"
-            try:
-                await self.enqueue(self.actors.apply_event.message(event))
-            except Exception:
-                # Forget the id so Telnyx's retry is not taken for a duplicate of an event never enqueued.
-                await self.redis.delete(key)
-                raise
-        except redis.RedisError:
-            return 503, "unavailable"
-        return 200, "accepted"
+        result = await self.batcher.submit(key, event, len(body))
+        return (503 if result == UNAVAILABLE else 200), result
 
 
 def _parse(body: bytes) -> dict[str, Any] | None:
@@ -136,19 +261,68 @@ def _dedupe_id(event: dict[str, Any]) -> str:
     return str(data["id"])
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+#: The answers, encoded once: building a JSONResponse per request was a measurable share of a request's CPU.
+_ANSWERS = {result: b'{"result":"%s"}' % result.encode() for result in (
+    ACCEPTED, DUPLICATE, UNAVAILABLE, "bad_signature", "stale", "malformed")}
+_TOO_LARGE = b'{"error":"body too large"}'
+_WANTED = {b"content-length", SIGNATURE_HEADER.encode(), TIMESTAMP_HEADER.encode()}
+
+
+class WebhookEndpoint:
+    """``POST /webhooks/telnyx`` as a bare ASGI app under Starlette's routing.
+
+    A Starlette function endpoint builds a Request, its State and a Response per call; on this path they cost more
+    CPU than the JSON parse (py-spy, bench/webhook_load.py), and the receiver needs none of them.
+    """
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+        self._counters = {r: metrics.WEBHOOKS.labels(r) for r in ("too_large", "bad_signature", "stale", "malformed")}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        receiver: WebhookReceiver = scope["state"]["receiver"]
+        headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            # The first of repeated headers, read as latin-1: what Starlette's request.headers.get returns.
+            if name in _WANTED and name not in headers:
+                headers[name] = value.decode("latin-1")
+        try:
+            body = await _read_capped(receive, headers.get(b"content-length"), self.max_body_bytes)
+        except BodyTooLarge:
+            self._counters["too_large"].inc()
+            return await _answer(send, 413, _TOO_LARGE)
+        except ClientDisconnect:
+            return await _answer(send, 400, b"")
+        status, result = await receiver.receive(body, headers.get(SIGNATURE_HEADER.encode()),
+                                                headers.get(TIMESTAMP_HEADER.encode()))
+        if result in self._counters:  # the batcher counts accepted, duplicate and unavailable
+            self._counters[result].inc()
+        await _answer(send, status, _ANSWERS[result])
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_capped(receive: Receive, declared: str | None, limit: int) -> bytes:
     # Only a hint, the stream is capped below; int() refuses some isdigit() strings ("²", over 4300 digits).
     with contextlib.suppress(ValueError):
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:
@@ -161,34 +335,22 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         store = Store.from_url(settings.database_url)
         # Made here, in the server's event loop, which is the only loop it may be used from.
         client = aioredis.Redis.from_url(settings.redis_url or "")
-        receiver = WebhookReceiver(
-            keys=keys, redis=client, actors=Actors(broker), enqueue=AsyncEnqueue(broker, client),
-            namespace=settings.namespace, tolerance_s=settings.webhook_tolerance_s,
-            dedupe_ttl_s=settings.webhook_dedupe_ttl_s, clock=clock,
+        batcher = WebhookBatcher(
+            client, Actors(broker), AsyncEnqueue(broker, client), dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
+            window_s=settings.webhook_batch_ms / 1000, max_size=settings.webhook_batch_max,
         )
+        receiver = WebhookReceiver(keys=keys, batcher=batcher, namespace=settings.namespace,
+                                   tolerance_s=settings.webhook_tolerance_s, clock=clock)
         collector, close_collector = build_collector(settings.redis_url or "", settings.namespace, store)
         try:
             yield {"receiver": receiver, "store": store, "redis": broker.client, "collector": collector}
         finally:
+            # Before Redis closes: what is still batched is enqueued (or refused with 503), never left waiting.
+            await batcher.close()
             close_collector()
             await client.aclose()
             broker.close()
             store.close()
-
-    async def webhook(request: Request) -> Response:
-        receiver: WebhookReceiver = request.state.receiver
-        try:
-            body = await _read_capped(request, settings.webhook_max_body_bytes)
-        except BodyTooLarge:
-            metrics.WEBHOOKS.labels("too_large").inc()
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        status, result = await receiver.receive(
-            body, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER)
-        )
-        metrics.WEBHOOKS.labels(result).inc()
-        return JSONResponse({"result": result}, status_code=status)
 
     async def healthz(request: Request) -> Response:
         def check() -> dict[str, str]:
@@ -212,7 +374,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
     return Starlette(
         routes=[
-            Route("/webhooks/telnyx", webhook, methods=["POST"]),
+            Route("/webhooks/telnyx", WebhookEndpoint(settings.webhook_max_body_bytes), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
