@@ -131,3 +131,23 @@ def test_the_dlq_commands_list_replay_and_purge(stack, dlq):
     assert purged.returncode == 0, purged.stderr
     assert json.loads(purged.stdout) == {"purged": 1}
     assert json.loads(sendq("dlq", "list", "--json", env=env).stdout)["count"] == 0
+
+
+def test_a_dead_batch_of_events_is_replayed_and_applied(stack, dlq):
+    """A batch job that died (here: past its age limit in the delay queue, as one sitting out a store outage
+    too long would) is replayable: its events are applied once, whatever was applied before."""
+    message_id = stack.producer.send(TO, from_=FROM, text="batched")
+    record = stack.wait_final(message_id)
+    finalized = {"data": {"id": "evt-replayed", "event_type": "message.finalized",
+                          "occurred_at": "2026-01-01T00:00:00+00:00",
+                          "payload": {"id": record["telnyx_id"], "to": [{"phone_number": TO, "status": "delivered"}]}}}
+    job = stack.actors.apply_events.message_with_options(args=([finalized],), max_age=300)
+    stack.actors.broker.enqueue(job, delay=600)
+    [dead] = wait_dead(dlq, 1)
+
+    [replayed] = dlq.replay(dead.dramatiq_id)
+
+    assert replayed.replayed, replayed.reason
+    stack.actors.broker.join("events", timeout=10_000)
+    assert dlq.list() == []
+    assert stack.producer.status(message_id)["status"] == statuses.DELIVERED

@@ -13,7 +13,7 @@ then removes the entry; what a job does is decided by the store, so a replay nev
   not replayed: a final status never changes (``failed`` after exhausted retries is final: send a new message
   to try again), ``scheduled`` belongs to the scheduler, and a stuck ``sending`` to the reconciler's lease.
 - ``bulk_update``: only while the update is ``queued`` or ``submitted``; it resumes from its stored progress.
-- ``apply_event``: always; events are deduplicated by their id in the store.
+- ``apply_events`` (and ``apply_event`` of older sendqs): always; events are deduplicated by their id in the store.
 
 Entries that are not replayed stay in the queue (``purge`` removes them, or dramatiq after 7 days).
 """
@@ -36,7 +36,7 @@ from worker.bulk_updates import ACTIVE, BulkUpdates
 from worker.errors import NotFoundError
 from worker.store import Store, utcnow
 
-SEND, BULK, EVENT = "send_message", "bulk_update", "apply_event"
+SEND, BULK, EVENT, EVENTS = "send_message", "bulk_update", "apply_event", "apply_events"
 #: Options a replayed job must not inherit from its dead copy: the broker sets its own on enqueue, and a replay
 #: is an operator's decision to run the job now, so it starts with fresh retries and no age limit.
 _RESET_OPTIONS = ("retries", "traceback", "requeue_timestamp", "eta", "redis_message_id", "max_age")
@@ -181,7 +181,7 @@ class DeadLetters:
     @staticmethod
     def _not_replayable(entry: DeadLetter) -> str | None:
         """Why ``entry`` must not be replayed, or None when it may."""
-        if entry.actor == EVENT:
+        if entry.actor in (EVENT, EVENTS):
             return None
         if entry.actor not in (SEND, BULK):
             return f"unknown actor {entry.actor!r}"
