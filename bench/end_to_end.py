@@ -419,7 +419,8 @@ def run_sendq(settings: Settings, args: argparse.Namespace, counters: Counters, 
             "worker", "--processes", str(args.processes), "--threads", str(args.threads)),
             counting(env, f"{log_dir}/redis-worker"), log_dir))
         accepted_s, final_s = wait_all_final(args, sim_url, base, finals, [worker, web, sim], t0)
-        cpu = cpu_seconds(worker.process) + cpu_seconds(web.process) - web_cpu0
+        worker_cpu, web_cpu = cpu_seconds(worker.process), cpu_seconds(web.process) - web_cpu0
+        cpu = worker_cpu + web_cpu
         sim_cpu = cpu_seconds(sim.process) - sim_cpu0
         outcome, webhooks = finals.by_status(), webhook_results(web_url)
         worker.stop()
@@ -432,6 +433,8 @@ def run_sendq(settings: Settings, args: argparse.Namespace, counters: Counters, 
     return {"enqueue_per_s": round(n / enqueue_s, 1), "accepted_s": round(accepted_s, 2),
             "accepted_per_s": round(n / accepted_s, 1), "final_s": round(final_s, 2),
             "final_per_s": round(n / final_s, 1), "cpu_ms_per_msg": round(cpu / n * 1000, 3),
+            "worker_cpu_ms_per_msg": round(worker_cpu / n * 1000, 3),
+            "web_cpu_ms_per_msg": round(web_cpu / n * 1000, 3),
             "simulator_cpu_ms_per_msg": round(sim_cpu / n * 1000, 3), "statuses": outcome, "webhooks": webhooks,
             "enqueue": per_message(before, enqueued, n),
             "processing": per_message(enqueued, after, n, own_commits=finals.statements),
@@ -493,7 +496,8 @@ def report(args: argparse.Namespace, settings: Settings, bare: dict[str, Any], s
           f"   CPU {bare['cpu_ms_per_msg']:.2f} ms/msg   simulator CPU {bare['simulator_cpu_ms_per_msg']:.2f} ms/msg")
     print(f"sendq  enqueue {sendq['enqueue_per_s']:7.1f}/s   accepted at Telnyx {sendq['accepted_per_s']:6.1f}/s "
           f"({sendq['accepted_s']:.1f} s)   final {sendq['final_per_s']:6.1f}/s ({sendq['final_s']:.1f} s)")
-    print(f"       CPU worker+web {sendq['cpu_ms_per_msg']:.2f} ms/msg   "
+    print(f"       CPU worker+web {sendq['cpu_ms_per_msg']:.2f} ms/msg (worker {sendq['worker_cpu_ms_per_msg']:.2f}, "
+          f"web {sendq['web_cpu_ms_per_msg']:.2f})   "
           f"simulator CPU {sendq['simulator_cpu_ms_per_msg']:.2f} ms/msg")
     print(f"       statuses {sendq['statuses']}   webhooks received by result {sendq['webhooks']}")
     print("per message, PostgreSQL (the run's own database):")
