@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -122,7 +121,7 @@ def create_app(simulator: Simulator | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as http:
+        async with WebhookSender.session() as http:
             sim.webhooks = WebhookSender(http, sim.signer, retry_base_s=sim.config.webhook_retry_base_s)
             try:
                 yield
