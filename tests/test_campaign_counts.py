@@ -189,7 +189,7 @@ def test_a_store_made_before_the_counters_gets_them_built_on_upgrade(store):
         store.claim(message_id)
     assert _book(store).cancel(second)
 
-    store.create_schema()  # a newer sendq starts
+    store.migrate()  # a newer sendq starts
     assert _assert_counts_match(store, first)[statuses.SENDING] == 10
     # The recipient suppressed for the first campaign is suppressed for the second too.
     assert _assert_counts_match(store, second) == {statuses.SENDING: 4, statuses.CANCELLED: 15,
@@ -198,7 +198,7 @@ def test_a_store_made_before_the_counters_gets_them_built_on_upgrade(store):
     # From then on the triggers keep them, and a later start does not count anything twice.
     for message_id in _ids(store, first, statuses.QUEUED)[:10]:
         store.claim(message_id)
-    store.create_schema()
+    store.migrate()
     assert _assert_counts_match(store, first) == {statuses.QUEUED: 29, statuses.SENDING: 20, statuses.SUPPRESSED: 1}
 
 
