@@ -90,7 +90,7 @@ _ACCEPTED = (messages.update()
              .values(status=sa.bindparam("_to"), status_at=sa.bindparam("_now"), updated_at=sa.bindparam("_now"),
                      telnyx_id=sa.bindparam("_telnyx_id"), parts=sa.bindparam("_parts"),
                      cost=sa.bindparam("_cost", type_=sa.JSON))
-             .returning(*_MOVED_COLUMNS,
+             .returning(messages.c.id, messages.c.status, messages.c.kind, messages.c.priority,
                         sa.exists().where(events.c.telnyx_id == sa.bindparam("_telnyx_id"),
                                           events.c.applied_at.is_(None)).label("parked")))
 
@@ -277,7 +277,8 @@ class MessageRecords:
     def accepted(self, message_id: str, to: str, *, telnyx_id: str, parts: Any, cost: Any) -> dict[str, Any] | None:
         """``sending`` -> ``to`` (``submitted``, or ``scheduled`` at Telnyx) with Telnyx's id, parts and cost.
 
-        Returns the moved row with ``parked``: whether events for ``telnyx_id`` wait to be applied.
+        Returns ``id``, ``status``, ``kind``, ``priority`` and ``parked`` (whether events for ``telnyx_id`` wait
+        to be applied), or None when the message was not ``sending``.
         """
         params = {"_id": message_id, "_to": to, "_now": utcnow(), "_telnyx_id": telnyx_id,
                   "_parts": parts if isinstance(parts, int) else None, "_cost": cost}
