@@ -33,8 +33,15 @@ def default_producer() -> Producer:
         return _default
 
 
-def send(to: str, **options: Any) -> str:
-    """Accept one message with the default producer; returns its id."""
+def send(to: str | Sequence[str], **options: Any) -> str:
+    """Accept one message with the default producer; returns its id.
+
+    The message is checked before the default producer connects, so a refused one (ValidationError) leaves no
+    embedded Redis running and no SQLite file behind.
+    """
+    from producers.producer import check_send
+
+    check_send(None, to, **options)
     return default_producer().send(to, **options)
 
 
@@ -44,4 +51,7 @@ def status(message_id: str) -> dict[str, Any]:
 
 def bulk_update(profile_id: str, numbers: Sequence[str], *, assign_only: bool = False) -> dict[str, Any]:
     """Enqueue a bulk messaging-profile update with the default producer; returns ``{"id", "status"}``."""
+    from worker.bulk_updates import check_request
+
+    check_request(profile_id, numbers, assign_only)  # before connecting, as send() does
     return default_producer().bulk_update(profile_id, numbers, assign_only=assign_only)

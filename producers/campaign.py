@@ -1,5 +1,9 @@
 """Creating a campaign: validate its options once, then stream its recipients into the store in batches.
 
+Every check that can refuse the whole campaign runs before anything connects or is stored: the options, the
+file (readable, UTF-8, well-formed CSV: :func:`check_csv_file`) and its header (the phone column and every
+template variable: :func:`csv_rows`). A bad row is a row error, never a partial campaign.
+
 Rows are read one at a time from any iterable (a CSV reader, a generator over a database cursor), checked and
 rendered, and written ``BATCH`` at a time, so memory stays flat whatever the size. The expander is enqueued
 after the first batch: workers start sending while the rest is still being read.
@@ -7,14 +11,17 @@ after the first batch: workers start sending while the rest is still being read.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from producers.validation import SendRequest, resolve_kind, validate
+from producers.validation import CONTROL, SendRequest, check_control, resolve_kind, validate
+from worker import sms
 from worker.campaigns import Campaigns, RowError, Template, check_row
 from worker.errors import ValidationError
 
@@ -46,6 +53,7 @@ class CampaignOptions:
     def check(self, webhook_url: str | None) -> dict[str, Any]:
         """The campaign's kind, endpoint and base body; raises ValidationError naming the field."""
         self.template = Template(self.template).text
+        check_control("template", self.template)
         senders = [self.senders] if isinstance(self.senders, str) else list(self.senders)
         if len(set(senders)) != len(senders):
             raise ValidationError("from", "the same sender is listed twice")
@@ -106,7 +114,8 @@ def ingest(book: Campaigns, campaign: Mapping[str, Any], rows: Iterable[tuple[in
     for line, columns in rows:
         read += 1
         result.rows_read += 1
-        checked = check_row(template, columns, phone_column=phone_column, has_media=has_media, line=line)
+        checked = check_cells(columns, phone_column, line) or \
+            check_row(template, columns, phone_column=phone_column, has_media=has_media, line=line)
         if isinstance(checked, RowError):
             invalid += 1
             result.rows_invalid += 1
@@ -125,15 +134,107 @@ def ingest(book: Campaigns, campaign: Mapping[str, Any], rows: Iterable[tuple[in
     return result
 
 
+def check_cells(columns: Mapping[str, Any], phone_column: str, line: int) -> RowError | None:
+    """What is wrong with a row's cells before any is used, or None.
+
+    A control character (a NUL, an escape) is never meant to reach a handset: any in the phone cell, and any but
+    tab, newline and carriage return in the others, refuses the row. The phone cell must be the number exactly
+    in E.164 form; spaces around it are tolerated (``phone, name`` CSV style), nothing else is (see
+    :func:`worker.sms.e164`).
+    """
+    for name, value in columns.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            continue  # restkey lists (more cells than the header) and non-text values of the Python API
+        found = CONTROL.search(value) or (name == phone_column and next(
+            (c for c in value if c in "\t\n\r"), None))
+        if found:
+            char = found if isinstance(found, str) else found.group()
+            return RowError(line, _shown(columns.get(phone_column)), name,
+                            f"contains the control character {char!r}")
+    phone = columns.get(phone_column)
+    if isinstance(phone, str) and sms.e164(phone.strip(" ")) is None:
+        return RowError(line, _shown(phone), phone_column,
+                        f"not a phone number in E.164 form like +13125550123 ({phone!r})")
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A cell as the errors file shows it: repr-escaped when it holds anything but printable text."""
+    text = "" if value is None else str(value)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def numbered(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, Mapping[str, Any]]]:
     """Rows of any iterable, numbered from 1 (their "line" in error reports)."""
     return enumerate(rows, start=1)
 
 
-def csv_rows(handle: IO[str], phone_column: str | None) -> tuple[str, Iterator[tuple[int, Mapping[str, Any]]]]:
-    """The phone column's name and the rows of a CSV file with a header, numbered by their line in the file."""
+def check_csv_file(path: Path) -> None:
+    """Refuse a file that cannot be read whole as UTF-8 CSV, naming it, before anything is stored.
+
+    Rows are streamed into a campaign that is already sending, so a decoding error at line 900,000 would leave
+    a partial campaign behind; one pass over the file first (C-speed decoding and parsing) costs far less than
+    storing it.
+    """
+    lines = _Lines()
+    try:
+        with path.open("rb") as raw:
+            for _ in csv.reader(lines.of(raw)):
+                pass
+    except UnicodeDecodeError as exc:
+        raise ValidationError("--csv", f"{path} is not UTF-8 text ({exc.reason} near line {lines.at(exc)})") \
+            from None
+    except csv.Error as exc:
+        raise ValidationError("--csv", f"{path} is not a well-formed CSV file ({exc})") from None
+    except OSError as exc:
+        raise ValidationError("--csv", f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+class _Lines:
+    """A binary file decoded as UTF-8, line by line (newlines left to the CSV reader, as ``newline=""``), counting
+    lines so a decoding error can say where it is."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self) -> None:
+        self.newlines = 0
+        self._chunk = b""
+
+    def of(self, raw: IO[bytes]) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        pending = ""
+        while True:
+            self._chunk = raw.read(self.CHUNK)
+            text = pending + decoder.decode(self._chunk, final=not self._chunk)
+            self.newlines += self._chunk.count(b"\n")
+            pieces = text.splitlines(keepends=True)
+            # The last piece may be half a line (or a CR whose LF is in the next chunk): it waits for the next.
+            pending = pieces.pop() if self._chunk and pieces else ""
+            yield from pieces
+            if not self._chunk:
+                if pending:
+                    yield pending
+                return
+
+    def at(self, exc: UnicodeDecodeError) -> int:
+        """The line of the undecodable byte: lines of earlier chunks, plus this chunk's up to the byte."""
+        return self.newlines + self._chunk.count(b"\n", 0, max(exc.start, 0)) + 1
+
+
+def csv_rows(handle: IO[str], phone_column: str | None,
+             template: str | None = None) -> tuple[str, Iterator[tuple[int, Mapping[str, Any]]]]:
+    """The phone column's name and the rows of a CSV file with a header, numbered by their line in the file.
+
+    The header is read (and checked) here, before any row: a ``template`` naming a variable the header lacks
+    would fail every row, so it is refused as a whole.
+    """
     reader = csv.DictReader(handle)
     header = reader.fieldnames or []
+    if template is not None:
+        missing = [name for name in dict.fromkeys(Template(template).fields) if name not in header]
+        if missing:
+            raise ValidationError("template", f"{', '.join('{' + m + '}' for m in missing)} is not a column of the "
+                                              f"file (header: {', '.join(header) or 'empty'})")
     if phone_column is None:
         phone_column = next((c for c in PHONE_COLUMNS if c in header), None)
         if phone_column is None:
@@ -157,6 +258,12 @@ class ErrorsFile:
         self.count = 0
         self._handle: IO[str] | None = None
         self._writer: Any = None
+
+    def check(self) -> None:
+        """Refuse an errors file that could not be written, before anything is stored."""
+        folder = self.path.parent
+        if self.path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ValidationError("--errors", f"cannot write {self.path}")
 
     def __call__(self, error: RowError) -> None:
         if self._writer is None:

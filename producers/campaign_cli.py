@@ -29,24 +29,29 @@ SHOWN = ("id", "name", "status", "recipients", "rows_read", "rows_invalid", "dup
 
 def cmd_create(args: argparse.Namespace) -> int:
     from producers import Producer
-    from producers.campaign import CampaignOptions, ErrorsFile, csv_rows
+    from producers.campaign import CampaignOptions, ErrorsFile, check_csv_file, csv_rows
     from worker.settings import Settings
 
     path = Path(args.csv)
     if not path.is_file():
-        raise ValidationError("csv", f"no such file: {path}")
+        raise ValidationError("--csv", f"no such file: {path}")
     options = CampaignOptions(template=args.template, senders=args.from_ or (), profile=args.profile,
                               media_urls=args.media or (), send_at=args.send_at, name=args.name,
                               valid_for=args.valid_for, rate_cap=args.rate_cap)
     settings = Settings.from_env()
-    options.check(settings.webhook_url)  # bad options exit 2 before anything connects
+    # Everything that refuses the whole campaign comes before anything connects: the options, the file, its
+    # header against the template, the errors file. A refused campaign stores nothing and starts nothing.
+    options.check(settings.webhook_url)
+    check_csv_file(path)
     errors = ErrorsFile(Path(args.errors) if args.errors else path.with_name(path.name + ".errors.csv"))
-    with path.open(newline="", encoding="utf-8-sig") as handle, Producer.connect(settings) as producer:
-        phone_column, rows = csv_rows(handle, args.phone_column)
-        try:
-            result = producer.create_campaign(options, rows, phone_column=phone_column, on_error=errors)
-        finally:
-            errors.close()
+    errors.check()
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        phone_column, rows = csv_rows(handle, args.phone_column, template=options.template)
+        with Producer.connect(settings) as producer:
+            try:
+                result = producer.create_campaign(options, rows, phone_column=phone_column, on_error=errors)
+            finally:
+                errors.close()
     result["errors_file"] = str(errors.path) if errors.count else None
     text = (f"{result['id']} {result['status']}: {result['recipients']} recipients "
             f"({result['rows_read']} rows, {result['rows_invalid']} invalid, {result['duplicates']} duplicates)")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from producers.output import emit
 from worker.errors import NotFoundError, SendqError, ValidationError
@@ -34,14 +35,19 @@ def _settings() -> Any:
 
 def cmd_send(args: argparse.Namespace) -> int:
     from producers import Producer
+    from producers.producer import check_send
 
-    with Producer.connect(_settings()) as producer:
-        recipients = args.to.split(",") if "," in args.to else args.to
-        result = producer.submit(
-            recipients, text=args.text, media_urls=args.media or (), from_=args.from_, profile=args.profile,
-            kind=args.kind, priority=args.priority, idempotency_key=args.idempotency_key, send_at=args.send_at,
-            valid_for=args.valid_for, schedule_mode=args.schedule_mode,
-        )
+    settings = _settings()
+    recipients = args.to.split(",") if "," in args.to else args.to
+    options: dict[str, Any] = {
+        "text": args.text, "media_urls": args.media or (), "from_": args.from_, "profile": args.profile,
+        "kind": args.kind, "priority": args.priority, "idempotency_key": args.idempotency_key,
+        "send_at": args.send_at, "valid_for": args.valid_for, "schedule_mode": args.schedule_mode,
+    }
+    # Refused here, before connecting: a bad send must not start the embedded Redis nor create ./sendq.db.
+    check_send(settings, recipients, **options)
+    with Producer.connect(settings) as producer:
+        result = producer.submit(recipients, **options)
     emit(args, {"id": result["id"], "status": result["status"]}, f"{result['id']} {result['status']}")
     return EXIT_OK
 
@@ -84,11 +90,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.pool import Pool
     from worker.services import Services
 
-    settings, embedded = resolve_redis(_settings())
     queues = args.queues.split(",") if args.queues else list(QUEUES)
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown:
-        raise ValidationError("queues", f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}")
+        raise ValidationError("--queues", f"unknown queue(s) {', '.join(map(repr, unknown))}; known: "
+                                          f"{', '.join(QUEUES)}")
+    settings, embedded = resolve_redis(_settings())
     # Fail here, with the reason, rather than in every child; the children find the schema up to date.
     services = Services.build(settings)
     services.store.migrate()
@@ -224,10 +231,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------------------
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with CONTRACT.md's errors: one line naming the option, exit 2, no usage block.
+
+    Subparsers are built by ``add_parser`` with the class of their parent, so every subcommand inherits this.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"sendq: error: {one_line(message)}\n")
+
+
+def one_line(message: str) -> str:
+    """argparse's message, reworded as ``OPTION: what is wrong`` on a single line."""
+    message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+    required = re.match(r"^the following arguments are required: (.+)$", message)
+    if required:
+        names = required.group(1)
+        message = f"{names}: {'are' if ',' in names else 'is'} required"
+    message = message.replace("invalid choice: ", "invalid choice ")
+    return " ".join(message.split())
+
+
 def _positive(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {value!r})") from None
     if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value!r})")
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number (got {value!r})") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535 (got {value!r})")
     return number
 
 
@@ -246,7 +287,7 @@ def _rate(value: str) -> tuple[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     from producers.validation import KINDS, PRIORITIES
 
-    parser = argparse.ArgumentParser(prog="sendq", description="Bulk and scheduled messaging through Telnyx.")
+    parser = Parser(prog="sendq", description="Bulk and scheduled messaging through Telnyx.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
@@ -285,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     web = add("web", cmd_web, "run the webhook receiver, health and metrics")
     web.add_argument("--host", default="127.0.0.1")
-    web.add_argument("--port", type=int, default=DEFAULT_WEB_PORT)
+    web.add_argument("--port", type=_port, default=DEFAULT_WEB_PORT)
 
     add("scheduler", cmd_scheduler,
         "run the periodic loop: scheduled messages, lost jobs, reconciliation, opt-out sync")
@@ -294,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = add("simulator", cmd_simulator, "run the local Telnyx API simulator")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=DEFAULT_SIMULATOR_PORT)
+    sim.add_argument("--port", type=_port, default=DEFAULT_SIMULATOR_PORT)
     sim.add_argument("--webhook-url", default=f"http://127.0.0.1:{DEFAULT_WEB_PORT}/webhooks/telnyx",
                      help="where webhooks go when a message names none ('' for nowhere)")
     sim.add_argument("--failover-url", help="webhook failover URL")
@@ -343,23 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_for_logging() -> Any:
-    """The settings if they are valid, else None: a bad variable is the command's error to report, not logging's."""
-    try:
-        return _settings()
-    except Exception:
-        return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from worker.logs import Redactor, configure_logging, secrets_of
 
-    settings = _settings_for_logging()
+    try:
+        # Every command: a bad variable is bad input (exit 2, named) even where the command would not read it.
+        settings = _settings()
+    except ValidationError as exc:
+        print(f"sendq: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     # Long-running processes log what they do; one-shot commands print their answer and only warnings.
     long_running = args.command in ("worker", "web", "scheduler", "simulator")
-    configure_logging((settings.log_level if settings else "INFO") if long_running else "WARNING",
-                      json_format=settings is not None and settings.log_format == "json",
+    configure_logging(settings.log_level if long_running else "WARNING", json_format=settings.log_format == "json",
                       secrets=secrets_of(settings))
     redact = Redactor(secrets_of(settings))  # an error message must not carry the API key either
     try:

@@ -5,16 +5,22 @@ through the producer API (every sender kind, an urgent 2FA code, a scheduled rem
 message and one to a recipient who texted STOP); waits until Telnyx's (simulated) webhooks have finalized
 every message; and prints what happened to each. Then it runs a small campaign (two senders, one bad row)
 under a live progress bar. Exit 0 only if every message ended as expected and the campaign completed.
+
+Without ``REDIS_URL`` the demo runs its own embedded Redis in a temporary directory and stops it on the way out
+(normal end, error, Ctrl-C or SIGTERM): nothing else joins it, so nothing is left running after the demo.
 """
 
 from __future__ import annotations
 
+import signal
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -25,7 +31,7 @@ from producers.producer import Producer
 from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
-from worker.embedded import resolve_redis
+from worker.embedded import EmbeddedRedis
 from worker.pool import start_worker
 from worker.scheduler import Scheduler
 from worker.services import Services
@@ -65,6 +71,7 @@ def _running(settings: Settings, simulator: Simulator) -> Iterator[Producer]:
     with ServerThread(create_web_app(settings), port=web_port):
         broker = build_broker(settings)
         services = Services.build(settings, broker=broker)
+        services.store.migrate()  # a fresh ./sendq.db has no schema yet; every process migrates at start
         actors = Actors(broker, services)
         worker = start_worker(actors, threads=8)
         stop = threading.Event()
@@ -80,8 +87,48 @@ def _running(settings: Settings, simulator: Simulator) -> Iterator[Producer]:
             services.close()
 
 
+@contextmanager
+def _redis(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with a Redis: ``REDIS_URL``, or an embedded server of the demo's own, stopped at the end.
+
+    Not the shared per-directory server of :func:`worker.embedded.resolve_redis`: that one stops only once no
+    client is connected, and the demo's threads may still hold connections when it returns, which left the
+    server running after ``sendq demo`` exited.
+    """
+    if settings.redis_url:
+        yield settings
+        return
+    with tempfile.TemporaryDirectory(prefix="sendq-demo-") as folder, _terminated_as_interrupt():
+        server = EmbeddedRedis(str(Path(folder) / "redis.db"))
+        try:
+            yield settings.model_copy(update={"redis_url": server.url})
+        finally:
+            server.close(force=True)
+
+
+@contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (so ``finally`` blocks stop the server) while the demo runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_demo(settings: Settings, *, out: TextIO) -> int:
-    settings, embedded = resolve_redis(settings)
+    with _redis(settings) as settings:
+        return _run(settings, out)
+
+
+def _run(settings: Settings, out: TextIO) -> int:
     simulator = Simulator()
     with ServerThread(create_simulator_app(simulator)) as sim_server:
         settings = settings.model_copy(update={
@@ -111,8 +158,6 @@ def run_demo(settings: Settings, *, out: TextIO) -> int:
                   f"({sum(r['status'] == statuses.DELIVERED for r in records)} delivered, 1 scheduled "
                   f"{SCHEDULED_IN_S} s ahead, 1 cancelled, 1 suppressed by an opt-out)\n", file=out)
             campaign_ok = _campaign(producer, out)
-    if embedded:
-        embedded.close()
     return 0 if right == len(records) and campaign_ok else 1
 
 

@@ -21,7 +21,7 @@ from worker.errors import ConflictError, TelnyxRefused, ValidationError
 from worker.hooks import Hooks
 from worker.limiter import Limiter
 from worker.settings import Settings
-from worker.store import Store, utcnow
+from worker.store import NewMessage, Store, utcnow
 from worker.telnyx import TelnyxClient
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 #: Statuses a message can be cancelled from in sendq's own hands.
 CANCELLABLE = (statuses.QUEUED, statuses.SCHEDULED)
 TELNYX_CANCEL_CUTOFF = timedelta(minutes=1)
+
+
+def check_send(settings: Settings | None, to: str | Sequence[str], **options: Any) -> NewMessage:
+    """The message :meth:`Producer.submit` would store for these arguments, or a ValidationError naming the field.
+
+    It needs no connection, so callers check before connecting: refused input starts no embedded Redis and
+    creates no SQLite file.
+    """
+    return validate(SendRequest(to=to, **options), webhook_url=settings.webhook_url if settings else None,
+                    urgent_valid_for_s=settings.urgent_valid_for_s if settings else None)
 
 
 class Producer:
@@ -81,11 +91,9 @@ class Producer:
         A repeated idempotency key returns the message first accepted with it (``created`` False) and
         sends nothing new; reusing a key for a different message raises :class:`ValidationError`.
         """
-        request = SendRequest(to=to, text=text, media_urls=media_urls, from_=from_, profile=profile, kind=kind,
-                              priority=priority, idempotency_key=idempotency_key, whatsapp_message=whatsapp_message,
-                              send_at=send_at, valid_for=valid_for, schedule_mode=schedule_mode)
-        new = validate(request, webhook_url=self.settings.webhook_url,
-                       urgent_valid_for_s=self.settings.urgent_valid_for_s)
+        new = check_send(self.settings, to, text=text, media_urls=media_urls, from_=from_, profile=profile, kind=kind,
+                         priority=priority, idempotency_key=idempotency_key, whatsapp_message=whatsapp_message,
+                         send_at=send_at, valid_for=valid_for, schedule_mode=schedule_mode)
         row, created = self.store.insert(new)
         if not created:
             if not new.same_request(row):

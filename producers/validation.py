@@ -22,7 +22,6 @@ whatsapp       /messages/whatsapp                   E.164 number (WhatsApp-enabl
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,7 +43,15 @@ TELNYX_SCHEDULE_MAX = timedelta(days=5)
 MAX_VALID_FOR_S = 366 * 24 * 3600
 KINDS = ("auto", "long_code", "short_code", "alphanumeric", "number_pool", "group_mms", "whatsapp")
 PRIORITIES = ("urgent", "normal", "bulk")
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline.
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{1,255}\Z")
+#: The canonical 8-4-4-4-12 form only: ``uuid.UUID`` also takes braces, ``urn:uuid:`` and bare hex, which would be
+#: stored and sent to Telnyx as given.
+PROFILE_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+#: C0 control characters (and DEL) that text may not carry: a NUL or an escape reaching a handset is never meant.
+#: Tab, newline and carriage return are text.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MEDIA_URL = re.compile(r"^https?://[^\s/]+\S*\Z")
 MAX_MEDIA = 10
 MAX_GROUP_RECIPIENTS = 8
 #: The sender format (:func:`worker.sms.sender_kind`) each kind needs.
@@ -79,14 +86,35 @@ def _check_choice(field: str, value: str, choices: Sequence[str]) -> None:
         raise ValidationError(field, f"must be one of {', '.join(choices)} (got {value!r})")
 
 
+def check_control(field: str, text: str, *, what: str = "text") -> None:
+    """Refuse ``text`` carrying a control character other than tab, newline and carriage return."""
+    found = CONTROL.search(text)
+    if found:
+        raise ValidationError(field, f"{what} contains the control character {found.group()!r} "
+                                     f"at position {found.start() + 1}")
+
+
+def check_e164(value: Any, field: str) -> str:
+    """``value`` if it is a phone number written exactly in E.164 form, else a ValidationError naming ``field``."""
+    number = sms.e164(value)
+    if number is None:
+        raise ValidationError(field, f"must be a phone number in E.164 form like +13125550123 (got {value!r})")
+    return number
+
+
 def _check_number(to: Any) -> str:
-    if not isinstance(to, str) or not (sms.is_e164(to) or sms.SHORT_CODE.match(to)):
-        raise ValidationError("to", f"must be an E.164 number like +13125550123 (got {to!r})")
-    return to
+    if sms.is_short_code(to):
+        return str(to)
+    return check_e164(to, "to")
 
 
 def _check_recipients(to: str | Sequence[str], kind: str) -> list[str]:
-    recipients = [to] if isinstance(to, str) else list(to)
+    if isinstance(to, str):
+        recipients = [to]
+    elif isinstance(to, Sequence):
+        recipients = list(to)
+    else:
+        raise ValidationError("to", f"must be an E.164 number, or a list of them for group_mms (got {to!r})")
     if kind != "group_mms" and len(recipients) != 1:
         raise ValidationError("to", "only group_mms sends go to several recipients")
     if not 1 <= len(recipients) <= MAX_GROUP_RECIPIENTS:
@@ -99,24 +127,28 @@ def _check_recipients(to: str | Sequence[str], kind: str) -> list[str]:
 def _check_profile(profile: str | None) -> str | None:
     if profile is None:
         return None
-    try:
-        uuid.UUID(profile)
-    except ValueError:
-        raise ValidationError("profile", f"must be a messaging profile UUID (got {profile!r})") from None
+    if not isinstance(profile, str) or not PROFILE_UUID.match(profile):
+        raise ValidationError("profile", f"must be a messaging profile UUID (got {profile!r})")
     return profile
 
 
 def _check_media(urls: Sequence[str]) -> list[str]:
+    if isinstance(urls, str) or not isinstance(urls, Sequence):
+        raise ValidationError("media", f"must be a list of URLs (got {urls!r})")
     urls = list(urls)
     if len(urls) > MAX_MEDIA:
         raise ValidationError("media", f"at most {MAX_MEDIA} media URLs (got {len(urls)})")
     for url in urls:
-        if not re.match(r"^https?://[^\s/]+\S*$", url) or len(url) > 2000:
+        if not isinstance(url, str) or not MEDIA_URL.match(url) or len(url) > 2000:
             raise ValidationError("media", f"must be an http(s) URL of at most 2000 characters (got {url!r})")
     return urls
 
 
 def _check_text(text: str | None, media: list[str], *, whatsapp: bool) -> str | None:
+    if text is not None and not isinstance(text, str):
+        raise ValidationError("text", f"must be a string (got {type(text).__name__})")
+    if text is not None:
+        check_control("text", text)
     if text is not None and not text.strip():
         text = None
     if text is None and not media and not whatsapp:
@@ -141,6 +173,8 @@ def _auto_kind(sender: str | None, profile: str | None) -> str:
 
 def resolve_kind(kind: str, sender: str | None, profile: str | None) -> str:
     """The concrete kind for ``auto``, and a check that the sender fits an explicit kind."""
+    if sender is not None and not isinstance(sender, str):
+        raise ValidationError("from", f"must be a string (got {sender!r})")
     if kind == "auto":
         kind = _auto_kind(sender, profile)
     if kind in SENDER_FORMAT and (not sender or sms.sender_kind(sender) != SENDER_FORMAT[kind]):
@@ -155,6 +189,8 @@ def resolve_kind(kind: str, sender: str | None, profile: str | None) -> str:
 
 def _whatsapp_message(request: SendRequest, text: str | None, media: list[str]) -> dict[str, Any]:
     if request.whatsapp_message is not None:
+        if not isinstance(request.whatsapp_message, Mapping):
+            raise ValidationError("whatsapp_message", "must be a WhatsApp message object")
         if not isinstance(request.whatsapp_message.get("type"), str):
             raise ValidationError("whatsapp_message", "needs a 'type' (text, image, template, ...)")
         return dict(request.whatsapp_message)
@@ -204,6 +240,8 @@ def parse_send_at(value: datetime | str | None, now: datetime) -> datetime | Non
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError("send_at", f"not an ISO-8601 date-time: {value!r}") from None
+    if not isinstance(value, datetime):
+        raise ValidationError("send_at", f"must be a datetime or an ISO-8601 string (got {value!r})")
     if value.tzinfo is None:
         raise ValidationError("send_at", "give a UTC offset (e.g. 2026-12-01T09:00:00+01:00 or ...Z)")
     value = value.astimezone(UTC)
@@ -229,7 +267,8 @@ def _schedule(request: SendRequest, kind: str, send_at: datetime | None, now: da
 def _valid_until(valid_for: int | None, start: datetime) -> datetime | None:
     if valid_for is None:
         return None
-    if not isinstance(valid_for, int) or not 1 <= valid_for <= MAX_VALID_FOR_S:
+    # bool is an int to Python, but ``valid_for=True`` is a mistake, not one second.
+    if isinstance(valid_for, bool) or not isinstance(valid_for, int) or not 1 <= valid_for <= MAX_VALID_FOR_S:
         raise ValidationError("valid_for", f"whole seconds from 1 to {MAX_VALID_FOR_S} (got {valid_for!r})")
     return start + timedelta(seconds=valid_for)
 
@@ -243,7 +282,8 @@ def validate(request: SendRequest, *, webhook_url: str | None = None, urgent_val
     now = now or datetime.now(UTC)
     _check_choice("kind", request.kind, KINDS)
     _check_choice("priority", request.priority, PRIORITIES)
-    if request.idempotency_key is not None and not IDEMPOTENCY_KEY.match(request.idempotency_key):
+    key = request.idempotency_key
+    if key is not None and not (isinstance(key, str) and IDEMPOTENCY_KEY.match(key)):
         raise ValidationError("idempotency_key", "1-255 characters of letters, digits, '_' and '-'")
     profile = _check_profile(request.profile)
     kind = resolve_kind(request.kind, request.from_, profile)

@@ -122,7 +122,8 @@ def _ingest_peak(stack, count: int) -> int:
 
     def rows() -> Iterator[dict]:
         for i in range(count):
-            yield {"phone": f"+1415{count:03d}{i:04d}", "code": str(i)}
+            # A possible NANP number (+1 and 10 digits), distinct per run: 415, count in ten thousands, row.
+            yield {"phone": f"+1415{count // 10_000}{i:06d}", "code": str(i)}
 
     tracemalloc.start()
     try:

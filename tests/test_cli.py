@@ -60,7 +60,7 @@ def test_bad_input_exits_2_naming_the_field_and_stores_nothing(env, store, args,
     assert done.returncode == 2
     assert field in done.stderr
     assert done.stdout == ""
-    assert len(done.stderr.strip().splitlines()) == 1 or "usage:" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "usage:" not in done.stderr
     with store.engine.connect() as conn:
         assert conn.execute(messages.select()).all() == []
 

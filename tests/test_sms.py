@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker import sms
 
@@ -41,3 +43,21 @@ def test_segments(text, encoding, parts):
 ])
 def test_sender_formats(sender, kind):
     assert sms.sender_kind(sender) == kind
+
+
+def _by_phonenumbers(value: str) -> bool:
+    import phonenumbers
+
+    try:
+        parsed = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_possible_number(parsed) and \
+        phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) == value
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.from_regex(r"\A\+1[0-9]{10}\Z") | st.from_regex(r"\A\+[0-9]{1,16}\s?\Z") | st.text(max_size=20))
+def test_is_e164_agrees_with_phonenumbers_and_its_shortcut_is_exact(value):
+    # The NANP shortcut in sms.e164 skips the parse: it must never disagree with it.
+    assert sms.is_e164(value) == (sms.E164.match(value) is not None and _by_phonenumbers(value))

@@ -45,7 +45,8 @@ EARLY_S = 0.5
 
 QUEUED, SUBMITTED, COMPLETED, FAILED = "queued", "submitted", "completed", "failed"
 ACTIVE = (QUEUED, SUBMITTED)
-PROFILE_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline.
+PROFILE_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
 
@@ -53,7 +54,8 @@ def check_request(profile_id: Any, numbers: Any, assign_only: Any = False) -> tu
     """The validated ``(profile, numbers, assign_only)`` of a bulk update; raises ValidationError naming the field.
 
     ``profile`` is a messaging profile UUID, or exactly ``""`` to unassign (as Telnyx allows). Numbers must be
-    E.164; duplicates are dropped, first occurrence kept.
+    written exactly in E.164 form (:func:`worker.sms.e164`: no spaces, no other scripts' digits); duplicates are
+    dropped, first occurrence kept.
     """
     if not isinstance(profile_id, str) or not (profile_id == "" or PROFILE_UUID.match(profile_id)):
         raise ValidationError("profile", f'must be a messaging profile UUID, or "" to unassign (got {profile_id!r})')
@@ -65,7 +67,7 @@ def check_request(profile_id: Any, numbers: Any, assign_only: Any = False) -> tu
         raise ValidationError("numbers", "at least one phone number is needed")
     for number in listed:
         if not isinstance(number, str) or not is_e164(number):
-            raise ValidationError("numbers", f"must be E.164 numbers like +13125550123 (got {number!r})")
+            raise ValidationError("numbers", f"must be phone numbers in E.164 form like +13125550123 (got {number!r})")
     if not isinstance(assign_only, bool):
         raise ValidationError("assign_only", f"must be true or false (got {assign_only!r})")
     return profile_id, list(dict.fromkeys(listed)), assign_only

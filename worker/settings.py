@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import pydantic
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_TELNYX_BASE_URL = "https://api.telnyx.com/v2"
 DEFAULT_DATABASE_URL = "sqlite:///./sendq.db"
+#: The stores sendq runs on (CONTRACT.md): SQLite and PostgreSQL, with any driver SQLAlchemy names after a ``+``.
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Fields whose value an error message must not repeat.
+_SECRET_FIELDS = ("telnyx_api_key",)
 
 
 def _env(name: str) -> AliasChoices:
@@ -131,7 +138,52 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls()
+        """The settings from the environment; a bad variable raises :class:`worker.errors.ValidationError`
+        naming it (the CLI's exit 2), not pydantic's multi-line report."""
+        try:
+            return cls()
+        except pydantic.ValidationError as exc:
+            raise _named_error(cls, exc) from None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        # Checked here, before anything connects, rather than by SQLAlchemy at the first connection (a traceback,
+        # and after the embedded Redis is started). Only the scheme is repeated: the URL may hold a password.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        from worker.errors import ValidationError
+
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme.split("+", 1)[0] not in DATABASE_SCHEMES:
+            raise ValidationError("DATABASE_URL", f"must be a sqlite:/// or postgresql:// URL (got scheme {scheme!r})")
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValidationError("DATABASE_URL", f"not a valid {scheme}:// URL (a port must be a number)") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        from worker.errors import ValidationError
+
+        if not value:
+            return None  # REDIS_URL= (set but empty) means unset, as before: the embedded server
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in REDIS_SCHEMES:
+            raise ValidationError("REDIS_URL", f"must be a redis://, rediss:// or unix:// URL (got scheme {scheme!r})")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        from worker.errors import ValidationError
+
+        if value.upper() not in LOG_LEVELS:
+            raise ValidationError("SENDQ_LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)} (got {value!r})")
+        return value.upper()
 
     @field_validator("rate_limits", mode="before")
     @classmethod
@@ -163,3 +215,28 @@ class Settings(BaseSettings):
 
     def api_key(self) -> str | None:
         return self.telnyx_api_key.get_secret_value() if self.telnyx_api_key else None
+
+
+def variable_of(cls: type[BaseSettings], name: str) -> str:
+    """The environment variable that sets field ``name``."""
+    field = cls.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices):
+        alias = alias.choices[0]
+    if isinstance(alias, str):
+        return alias
+    return f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def _named_error(cls: type[BaseSettings], exc: pydantic.ValidationError) -> Exception:
+    """pydantic's report as one :class:`worker.errors.ValidationError` naming the first bad variable."""
+    from worker.errors import ValidationError
+
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else ""
+    variable = variable_of(cls, name) if name in cls.model_fields else name.upper() or "environment"
+    reason = str(first["msg"])
+    if name not in _SECRET_FIELDS and "input" in first:
+        shown = repr(first["input"])
+        reason += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+    return ValidationError(variable, reason)

@@ -76,7 +76,8 @@ def opt_out_lock(recipient: str) -> str:
 def check_pair(recipient: Any, scope: Any) -> tuple[str, str | None, str | None]:
     """A pair an operator gives: ``(recipient, profile, sender)``, exactly one of the last two set.
 
-    ``recipient`` must be E.164; ``scope`` a messaging profile UUID or a sender (E.164 number, short code or
+    ``recipient`` must be written exactly in E.164 form (:func:`worker.sms.e164`), as the send path compares the
+    stored string with the message's; ``scope`` a messaging profile UUID or a sender (E.164 number, short code or
     alphanumeric sender ID). Raises ValidationError naming ``number`` or ``scope``.
     """
     if not isinstance(recipient, str) or not is_e164(recipient):
