@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from worker.serving import free_port
 from worker.store import messages
@@ -42,7 +43,7 @@ def test_the_console_script_is_installed_and_every_command_has_help():
     script = shutil.which("sendq", path=str(Path(sys.executable).parent)) or shutil.which("sendq")
     assert script, "the sendq console script is not installed"
     for command in ("send", "status", "cancel", "worker", "web", "scheduler", "simulator", "demo", "numbers", "profile",
-                    "optouts", "limits", "dlq"):
+                    "optouts", "limits", "dlq", "migrate"):
         done = subprocess.run([script, command, "--help"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert "usage: sendq" in done.stdout
@@ -74,6 +75,18 @@ def test_send_then_status_print_one_json_object_each(env):
     shown = sendq("status", accepted["id"], "--json", env=env)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["id"] == accepted["id"]
+
+
+def test_migrate_creates_the_schema_of_an_empty_store_and_is_idempotent(env, tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {**env, "DATABASE_URL": url}
+    for _ in range(2):
+        done = sendq("migrate", "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"migrated": True}
+    engine = sa.create_engine(url)
+    assert {"messages", "message_history", "events", "campaign_counts"} <= set(sa.inspect(engine).get_table_names())
+    engine.dispose()
 
 
 def test_status_of_an_unknown_id_exits_1(env):
