@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     webhook_dedupe_ttl_s: int = 7 * 24 * 3600
     #: Verified webhooks arriving within this many ms of a batch's first one are deduplicated in one Redis round
     #: trip and enqueued as one ``apply_events`` job; each waits for its batch before its 2xx (group commit).
-    webhook_batch_ms: float = Field(default=20.0, ge=0)
+    webhook_batch_ms: float = Field(default=5.0, ge=0)
     #: A batch this large is flushed without waiting for the rest of its window.
     webhook_batch_max: int = Field(default=100, ge=1)
 
