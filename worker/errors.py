@@ -9,11 +9,16 @@
     ├── ConfigurationError     the deployment is missing something (an API key, a public key)
     ├── SignatureError         a webhook failed verification: change nothing (HTTP 401)
     │   └── StaleTimestamp     signed outside the +-300 s tolerance
+    ├── DependencyUnavailable  the store or Redis cannot be reached: wait for it, spend no retry (CLI exit 1)
+    │   ├── StoreUnavailable
+    │   └── RedisUnavailable
     └── TelnyxError            Telnyx answered with an error, or could not be reached
         ├── TelnyxRefused      a 4xx refusal: retrying the same request cannot help
         └── TelnyxUnavailable  429, 5xx or a transport failure: retry later, same Idempotency-Key
 
-Only ``worker.telnyx`` turns ``httpx`` exceptions and HTTP statuses into these.
+Only ``worker.telnyx`` turns ``httpx`` exceptions and HTTP statuses into these; the store's engine
+(:mod:`worker.store.engine`) and :func:`worker.dependencies.unavailable` turn lost connections into
+``DependencyUnavailable``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,24 @@ class SignatureError(SendqError):
 
 class StaleTimestamp(SignatureError):
     """A webhook signed too long ago (or too far ahead): a possible replay."""
+
+
+class DependencyUnavailable(SendqError):
+    """A service sendq needs did not answer. Not the message's fault: the work waits and is tried again."""
+
+    dependency = "dependency"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{self.dependency} unavailable: {reason}")
+        self.reason = reason
+
+
+class StoreUnavailable(DependencyUnavailable):
+    dependency = "store"
+
+
+class RedisUnavailable(DependencyUnavailable):
+    dependency = "redis"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -52,7 +52,14 @@ ACCEPTED_TO_FINAL = Histogram(
     "by final status.", ["status"],
     buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0),
 )
-WEBHOOKS = Counter("sendq_webhook_requests_total", "Webhook requests received, by result.", ["result"])
+WEBDEPENDENCY_ERRORS = Counter(
+    "sendq_dependency_errors_total", "Calls that failed because a dependency (store, redis) was unavailable; the "
+    "outage itself is logged once when it starts and once when it ends.", ["dependency"],
+)
+# livemin: across a worker's processes, 0 as soon as one of them finds the dependency down.
+DEPENDENCY_UP = Gauge("sendq_dependency_up", "Whether the process's last call to a dependency (store, redis) "
+                      "succeeded.", ["dependency"], multiprocess_mode="livemin")
+HOOKS = Counter("sendq_webhook_requests_total", "Webhook requests received, by result.", ["result"])
 EVENTS = Counter("sendq_events_total", "Telnyx events processed by apply_event, by outcome.", ["outcome"])
 SENDER_HOLDS = Counter("sendq_sender_holds_total", "Senders held after a Telnyx error only an operator can fix, "
                        "by error code.", ["code"])
@@ -60,6 +67,13 @@ RECONCILED = Counter("sendq_reconciled_total", "Messages the scheduler's reconci
                      ["outcome"])
 OPTOUTS = Counter("sendq_optouts_total", "Changes to the suppression list, by action (added, removed) and source "
                   "(stop_keyword, start_keyword, telnyx_40300, telnyx_sync, manual).", ["action", "source"])
+DEPENDENCY_ERRORS = Counter(
+    "sendq_dependency_errors_total", "Calls that failed because a dependency (store, redis) was unavailable; the "
+    "outage itself is logged once when it starts and once when it ends.", ["dependency"],
+)
+# livemin: across a worker's processes, 0 as soon as one of them finds the dependency down.
+DEPENDENCY_UP = Gauge("sendq_dependency_up", "Whether the process's last call to a dependency (store, redis) "
+                      "succeeded.", ["dependency"], multiprocess_mode="livemin")
 HOOKS = Counter("sendq_hooks_total", "Jobs handed to the application's hook actors, by hook (inbound, status) and "
                 "result (enqueued, failed).", ["hook", "result"])
 

@@ -4,11 +4,21 @@ helpers that differ between the two."""
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
+
+from worker.errors import StoreUnavailable
+
+#: A pooled connection idle longer than this is pinged before use; a busy one is not. A pre-ping on every
+#: checkout would add a round trip to each of the send path's two statements; after a database restart an idle
+#: process's first call would fail without one. (HikariCP skips validation the same way, within 500 ms of use.)
+IDLE_PING_S = 1.0
+#: SQLSTATEs of a server that is going away or not up yet: class 08 (connection exception), 57P01-57P03.
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03")
 
 
 def create_engine(url: str, **options: Any) -> Engine:
@@ -16,13 +26,55 @@ def create_engine(url: str, **options: Any) -> Engine:
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix):]
+    # Statement parameters hold recipients and message texts: an error must not carry them into a log line.
+    options.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    # No pre-ping: it would cost a round trip per transaction; a connection lost to a database restart fails
-    # the job, which is retried.
-    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800, **options)
+    else:
+        engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800,
+                                  connect_args={"connect_timeout": 5}, **options)
+        _ping_when_idle(engine)
+    sa.event.listen(engine, "handle_error", _translate_unavailable)
+    return engine
+
+
+def _translate_unavailable(context: ExceptionContext) -> BaseException | None:
+    """The one place a lost or refused database connection becomes :class:`StoreUnavailable`, so callers tell
+    "the store is down" (wait, spend no retry) from a failing statement without knowing the driver."""
+    error = context.original_exception
+    state = getattr(error, "sqlstate", None) or ""
+    connecting = context.connection is None
+    if context.is_disconnect or state.startswith(_UNAVAILABLE_STATES) or (
+            connecting and isinstance(error, context.dialect.loaded_dbapi.OperationalError)):
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return StoreUnavailable(first_line)
+    return None
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    @sa.event.listens_for(engine, "connect")
+    def _born(_dbapi_connection: Any, record: Any) -> None:
+        record.info["used"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["used"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _check(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("used", 0.0) <= IDLE_PING_S:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception:
+            alive = False
+        if not alive:
+            # The pool drops this connection and checks out (or opens) another.
+            raise sa.exc.DisconnectionError("idle connection did not answer a ping")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
