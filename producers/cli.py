@@ -86,6 +86,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.broker import QUEUES
+    from worker.dependencies import Dependencies
     from worker.embedded import resolve_redis
     from worker.pool import Pool
     from worker.services import Services
@@ -96,8 +97,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ValidationError("--queues", f"unknown queue(s) {', '.join(map(repr, unknown))}; known: "
                                           f"{', '.join(QUEUES)}")
     settings, embedded = resolve_redis(_settings())
-    # Fail here, with the reason, rather than in every child; the children find the schema up to date.
+    # Fail here, with the reason, rather than in every child; the children find the schema up to date. Started
+    # during an outage, wait for the store (logged once) rather than exit.
     services = Services.build(settings)
+    Dependencies.of(store=services.store.ping).wait_at_start()
     services.store.migrate()
     services.close()
     try:

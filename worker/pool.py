@@ -20,12 +20,15 @@ from typing import Any
 import dramatiq
 from prometheus_client.multiprocess import mark_process_dead
 
+from worker import job_logs
 from worker.actors import Actors
 from worker.broker import QUEUES, build_broker
+from worker.dependencies import Dependencies
 from worker.logs import configure_logging, secrets_of
 from worker.ops_server import MultiprocessDir, OpsServer
 from worker.services import Services
 from worker.settings import Settings
+from worker.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,14 @@ def _child_main(settings: Settings, queues: list[str], threads: int) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    broker = build_broker(settings)
-    services = Services.build(settings, broker=broker)
+    store = Store.from_url(settings.database_url)
+    dependencies = Dependencies.of(store=store.ping, redis=lambda: broker.client.ping())
+    broker = build_broker(settings, dependencies=dependencies)
+    job_logs.install(dependencies, queues)
+    # Started during an outage, the child waits for it here rather than failing (and being respawned) at once.
+    if not dependencies.wait_at_start(stop):
+        return
+    services = Services.build(settings, broker=broker, store=store)
     worker = start_worker(Actors(broker, services), queues=queues, threads=threads,
                           idle_poll_ms=settings.worker_poll_ms)
     log.info("worker process ready: queues=%s threads=%d", ",".join(queues), threads)
