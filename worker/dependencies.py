@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import redis
-from dramatiq.errors import ConnectionError as BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError
 
 from worker import metrics
 from worker.errors import DependencyUnavailable, RedisUnavailable, StoreUnavailable
