@@ -77,6 +77,9 @@ class Dependency:
             self._up.clear()
         metrics.DEPENDENCY_UP.labels(self.name).set(0)
         log.warning("%s is unavailable (%s); waiting for it, no retries are spent", self.name, self.reason)
+        # Someone must notice the end even when nothing waits for it (a consumer that reported the outage and
+        # reconnects by itself): a probe of its own, until the dependency answers.
+        threading.Thread(target=self.wait, name=f"sendq-probe-{self.name}", daemon=True).start()
 
     def recovered(self) -> None:
         with self._lock:
