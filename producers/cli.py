@@ -114,11 +114,19 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from worker.embedded import resolve_redis
+    from worker.errors import StoreUnavailable
     from worker.store import Store
     from worker.web import create_app
 
     settings, embedded = resolve_redis(_settings())
-    Store.from_url(settings.database_url).migrate().close()
+    store = Store.from_url(settings.database_url)
+    try:
+        store.migrate()
+    except StoreUnavailable as exc:
+        # Webhooks need only Redis: serve them, and leave the schema to the processes that need the store.
+        log.warning("web: the store is unavailable (%s); webhooks are accepted through Redis meanwhile", exc.reason)
+    finally:
+        store.close()
     if not settings.public_keys:
         log.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused with 401")
     try:
@@ -148,7 +156,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     broker = build_broker(settings)
-    store = Store.from_url(settings.database_url).migrate()
+    store = Store.from_url(settings.database_url)
     # Without an API key the scheduler still runs; the reconciler then only handles stuck sends (it warns).
     telnyx = TelnyxClient.from_settings(settings) if settings.api_key() else None
     actors = Actors(broker)
@@ -156,7 +164,9 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     scheduler = Scheduler(settings, store, actors, Reconciler(settings, store, telnyx, actors), optouts)
     ops = _ops_server(settings, scheduler.health)
     try:
-        scheduler.run(stop)
+        # Started during an outage: wait for the store and Redis (logged once each), /healthz naming them.
+        if _migrate_when_up(scheduler.dependencies, store, stop):
+            scheduler.run(stop)
     finally:
         if ops:
             ops.close()
@@ -167,6 +177,20 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         if embedded:
             embedded.close()
     return EXIT_OK
+
+
+def _migrate_when_up(dependencies: Any, store: Any, stop: threading.Event) -> bool:
+    """Wait for every dependency, then bring the store's schema up to date (waiting again if the store goes away
+    meanwhile); False if ``stop`` was set first."""
+    from worker.errors import StoreUnavailable
+
+    while dependencies.wait_at_start(stop):
+        try:
+            store.migrate()
+            return True
+        except StoreUnavailable as exc:
+            dependencies.failed(exc)
+    return False
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

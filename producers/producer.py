@@ -16,8 +16,9 @@ from worker.actors import Actors
 from worker.broker import build_broker
 from worker.bulk_updates import BulkUpdates, check_request
 from worker.campaigns import RUNNING, Campaigns, RowError, check_control, progress
+from worker.dependencies import unavailable
 from worker.embedded import EmbeddedRedis, resolve_redis
-from worker.errors import ConflictError, TelnyxRefused, ValidationError
+from worker.errors import ConflictError, DependencyUnavailable, TelnyxRefused, ValidationError
 from worker.hooks import Hooks
 from worker.limiter import Limiter
 from worker.settings import Settings
@@ -102,10 +103,15 @@ class Producer:
         if new.status == statuses.SCHEDULED:
             return {"id": new.id, "status": new.status, "created": True}  # the scheduler enqueues it when due
         try:
-            self.actors.enqueue_send(new.id, new.priority, generation=row["job_gen"])
-        except Exception:
-            # The row is the record of the message: the scheduler re-enqueues queued rows that have no job.
-            log.exception("message %s stored but not enqueued; the scheduler will enqueue it", new.id)
+            self.actors.enqueue_owned(self.store, [(new.id, new.priority, row["job_gen"], None)])
+        except DependencyUnavailable as exc:
+            # The row is the record of the message, marked as waiting for its job: the scheduler enqueues it at
+            # its first tick after Redis answers. One line, ids only: the message's text and numbers stay out.
+            log.warning("message %s stored, not enqueued (%s unavailable); the scheduler enqueues it once it "
+                        "answers", new.id, exc.dependency)
+        except Exception as exc:
+            log.error("message %s stored, not enqueued (%s); the scheduler enqueues it", new.id,
+                      type(exc).__name__)
         return {"id": new.id, "status": row["status"], "created": True}
 
     def send(self, to: str | Sequence[str], **options: Any) -> str:
@@ -155,8 +161,10 @@ class Producer:
         row = BulkUpdates(self.store.engine).insert(profile_id, numbers, assign_only)
         try:
             self.actors.enqueue_bulk_update(row["id"])
-        except Exception:
-            log.exception("bulk update %s stored but not enqueued; the scheduler will enqueue it", row["id"])
+        except Exception as exc:
+            outage = unavailable(exc)
+            log.warning("bulk update %s stored, not enqueued (%s); the scheduler enqueues it", row["id"],
+                        f"{outage.dependency} unavailable" if outage else type(exc).__name__)
         return {"id": row["id"], "status": row["status"]}
 
     def bulk_status(self, bulk_id: str) -> dict[str, Any]:
@@ -213,8 +221,13 @@ class Producer:
         """Continue a paused campaign where it stopped."""
         book = Campaigns(self.store.engine, self.store.reader)
         check_control(book.get(campaign_id), "resume")
+        jobs = []
         for message_id in book.resume(campaign_id):
-            self.actors.hand_over(self.store, message_id, "bulk", after=None)
+            generation = self.store.next_job(message_id, after=None, due_at=utcnow())
+            if generation is not None:
+                jobs.append((message_id, "bulk", generation, None))
+        # A failed enqueue leaves the rest recorded as waiting for theirs: the scheduler sends them once Redis is up.
+        self.actors.enqueue_owned(self.store, jobs)
         if book.get(campaign_id)["status"] == RUNNING:
             self.actors.enqueue_expander(campaign_id)
         return self.campaign_status(campaign_id)

@@ -14,15 +14,17 @@ import signal
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
+import sqlalchemy as sa
 from chaos_support import SENDERS, Chaos, PrivatePostgres, PrivateRedis, Proc, running, scale
 
 from worker import statuses
 from worker.errors import StoreUnavailable
 from worker.simulator import SimulatorConfig
 from worker.simulator.faults import FaultConfig
-from worker.store import Store
+from worker.store import Store, events, utcnow
 
 pytestmark = pytest.mark.chaos
 
@@ -142,42 +144,65 @@ def test_without_idempotency_keys_the_same_kills_send_twice_at_most_what_was_in_
         assert {chaos.ids[i] for i in twice} <= ambiguous
 
 
-@pytest.mark.timeout(scale(900, 240))
+@pytest.mark.timeout(scale(900, 400))
 def test_redis_restarted_without_persistence_loses_nothing(base_settings, tmp_path):
-    n = scale(2000, 300)
+    """Issue 14, on default settings: a private Redis killed under a steady load, down for a while with messages
+    still produced and webhooks arriving, then started again empty (no persistence). Messages stored meanwhile are
+    marked as waiting for their enqueue and sent at the scheduler's first tick after Redis answers; the scheduler
+    sees that Redis lost its data and hands every queued message to a new job and asks Telnyx about the messages
+    whose webhook jobs died with it; the web keeps webhooks in the store meanwhile. Every message is final within
+    60 s of the restart, none is lost or sent twice, and each process logs the outage, not each failure."""
+    outage_s = scale(20, 8)
     server = PrivateRedis(tmp_path).start()
-    # requeue_after_s stays at 10: at 3 s a 2,000-message backlog was re-enqueued faster than the worker could
-    # drain the duplicates (55,000 jobs in the queue after three minutes; see the report of issue 6).
+    # Finals come 3 s after acceptance, so webhooks of the messages sent before the kill arrive during the outage.
+    config = SimulatorConfig(sent_delay_s=0.02, final_delay_s=3.0, webhook_retry_base_s=0.1)
     try:
-        with running(base_settings, tmp_path, redis_url=server.url, requeue_after_s=10, finalize_after_s=3,
-                     **RECOVERY) as (chaos, _):
+        with running(base_settings, tmp_path, sim_config=config, redis_url=server.url) as (chaos, _):
             chaos.start_scheduler()
-            chaos.start_worker()
-            restarted_at: list[float] = []
-            orphaned: list[int] = []
+            chaos.start_worker(threads=8)
+            produced = threading.Event()
 
-            def restart_partway(i: int) -> None:
-                if i == n // 2:
-                    # Let the first half get going so that jobs, events and limiter keys are in flight.
-                    chaos.wait_final(60, done=lambda c: sum(c.values()) - c[statuses.QUEUED] >= n // 4)
-                    server.kill()
-                    time.sleep(0.5)
-                    server.start()
-                    restarted_at.append(time.monotonic())
-                    orphaned.append(chaos.counts()[statuses.QUEUED])  # their jobs died with Redis
+            def load() -> None:
+                i = 0
+                while not produced.is_set():
+                    chaos.ids.append(chaos.producer.send(f"+1312556{i:04d}", from_=SENDERS[i % len(SENDERS)],
+                                                         text=f"chaos message {i}"))
+                    i += 1
+                    time.sleep(0.05)  # about 20 messages a second, before, during and after the outage
 
-            chaos.send(n, between=restart_partway)
-            counts = chaos.wait_final(scale(600, 150))
+            loader = threading.Thread(target=load, daemon=True)
+            loader.start()
+            time.sleep(scale(20, 10))
+            server.kill()
+            killed_at, killed_utc = time.monotonic(), utcnow()
+            time.sleep(outage_s)
+            stored_during = chaos.counts()[statuses.QUEUED]
+            restarting_utc = utcnow()
+            server.start()
+            restarted_at = time.monotonic()
+            time.sleep(5)  # the load goes on after the restart
+            produced.set()
+            loader.join(30)
+            chaos.wait_final(60 - (time.monotonic() - restarted_at))
+            final_after = time.monotonic() - restarted_at
+            counts = chaos.counts()
             rows = chaos.rows()
+            lines = {name: len(found) for name, found in chaos.log_lines().items()}
+            kept = _kept_by_web(chaos, killed_utc, restarting_utc)
             outcome = chaos.outcome(
-                "redis-restart", queued_when_redis_died=orphaned[0],
-                resent=sum(1 for r in rows if r["attempts"] > 1),
-                reconciler_events=len(chaos.reconciled_events()),
-                recovery_seconds=round(time.monotonic() - restarted_at[0], 1))
+                "redis-restart-default-settings", outage_seconds=round(restarted_at - killed_at, 1),
+                queued_at_restart=stored_during, webhooks_kept_in_store=kept,
+                resent=sum(1 for r in rows if r["attempts"] > 1), reconciler_events=len(chaos.reconciled_events()),
+                dead_lettered=_dead_lettered(chaos), final_after_restart_s=round(final_after, 1), log_lines=lines)
             _report(outcome)
             chaos.check_no_duplicates()
+            chaos.check_logs_private()
             assert server.starts == 2
-            assert counts == Counter({statuses.DELIVERED: n})
+            assert counts == Counter({statuses.DELIVERED: len(chaos.ids)})
+            assert final_after <= 60, f"every message final {final_after:.1f} s after the restart"
+            assert kept > 0  # webhooks arrived during the outage and were answered from the store
+            # Start and end of the outage, the Redis data loss: not a line per failed job, enqueue or tick.
+            assert all(n < 30 for n in lines.values()), lines
     finally:
         server.stop()
 
@@ -238,6 +263,14 @@ def test_lost_webhooks_are_finalized_by_the_reconciler(base_settings, tmp_path):
         chaos.check_no_duplicates()
         assert counts == Counter({statuses.DELIVERED: n})
         assert dropped and dropped <= reconciled
+
+
+def _kept_by_web(chaos: Chaos, since: datetime, until: datetime) -> int:
+    """Events the store received between ``since`` and ``until``: with Redis down no worker applies a batch, so
+    these are the webhooks ``sendq web`` kept in the store (and answered 2xx) meanwhile."""
+    with chaos.store.reader.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(events)
+                                .where(events.c.received_at >= since, events.c.received_at < until)).scalar() or 0)
 
 
 def _dead_lettered(chaos: Chaos) -> int:

@@ -115,9 +115,10 @@ def test_without_a_public_key_every_webhook_is_refused(base_settings):
     assert response.status_code == 401
 
 
-def test_with_redis_down_a_verified_event_gets_503_so_telnyx_retries(base_settings):
+def test_with_redis_and_the_store_down_a_verified_event_gets_503_so_telnyx_retries(base_settings):
     signer = Signer.from_seed("x")
     settings = base_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0",
+                                                "database_url": f"postgresql://127.0.0.1:{free_port()}/x",
                                                 "telnyx_public_key": signer.public_key})
     body = finalized(str(uuid.uuid4()))
     with ServerThread(create_app(settings)) as web:

@@ -105,8 +105,9 @@ def test_a_full_batch_is_flushed_without_waiting_for_its_window(base_settings):
     assert sorted(len(job["args"][0]) for job in jobs(settings)) == [4, 4]
 
 
-def test_with_redis_down_every_request_of_a_batch_gets_503(web_settings):
-    down = web_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+def test_with_redis_and_the_store_down_every_request_of_a_batch_gets_503(web_settings):
+    down = web_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0",
+                                           "database_url": f"postgresql://127.0.0.1:{free_port()}/x"})
     with ServerThread(create_app(down)) as server:
         answers = asyncio.run(post_all(server.url, [event_body() for _ in range(5)]))
 

@@ -7,6 +7,8 @@ only to enqueue.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +20,8 @@ from worker import metrics
 from worker.broker import DEFAULT, EVENTS, PRIORITY_FOR_QUEUE, QUEUE_FOR_PRIORITY
 from worker.bulk_updates import run_bulk_update
 from worker.campaigns import expand_campaign
-from worker.errors import ConfigurationError, NotFoundError
+from worker.dependencies import unavailable
+from worker.errors import ConfigurationError, NotFoundError, StoreUnavailable
 from worker.events import apply_event, apply_events
 from worker.sending import Defer, send_one
 from worker.services import Services
@@ -68,15 +71,39 @@ class Actors:
         message = self.send_message.message_with_options(args=args, retries=retries)
         self.broker.enqueue(message.copy(queue_name=QUEUE_FOR_PRIORITY[priority]), delay=delay_ms)
 
+    def enqueue_owned(self, store: Store, jobs: Iterable[tuple[str, str, int | None, int | None]], *,
+                      retries: int = 0) -> int:
+        """Enqueue the jobs ``(message id, priority, job number, delay ms)`` of stored ``queued`` messages.
+
+        When an enqueue fails that message and the ones after it are recorded in the store as waiting for their
+        enqueue (:meth:`Store.enqueue_failed`), so the scheduler sends them at its first tick after Redis answers,
+        and the error is raised (as :class:`RedisUnavailable` when Redis is down). Returns how many were enqueued.
+        """
+        pending = list(jobs)
+        for done, (message_id, priority, generation, delay_ms) in enumerate(pending):
+            try:
+                self.enqueue_send(message_id, priority, generation=generation, delay_ms=delay_ms, retries=retries)
+            except Exception as exc:
+                with contextlib.suppress(StoreUnavailable):  # the store down too: the scheduler finds them later
+                    store.enqueue_failed((m, g) for m, _, g, _ in pending[done:])
+                outage = unavailable(exc)
+                if outage is None or outage is exc:
+                    raise
+                raise outage from exc
+        return len(pending)
+
     def hand_over(self, store: Store, message_id: str, priority: str, *, after: int | None,
                   delay_ms: int | None = None, retries: int = 0) -> bool:
         """Give a ``queued`` message a new job, unless it is not ``queued`` any more or another job took it
-        over since job ``after``: the one way sendq re-enqueues a message, so it never has two live jobs."""
+        over since job ``after``: the one way sendq re-enqueues a message, so it never has two live jobs.
+
+        If the enqueue fails the message is recorded as waiting for it (see :meth:`enqueue_owned`) and the
+        error is raised."""
         due = utcnow() + timedelta(milliseconds=delay_ms or 0)
         generation = store.next_job(message_id, after=after, due_at=due)
         if generation is None:
             return False
-        self.enqueue_send(message_id, priority, generation=generation, delay_ms=delay_ms, retries=retries)
+        self.enqueue_owned(store, [(message_id, priority, generation, delay_ms)], retries=retries)
         return True
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
@@ -99,8 +126,8 @@ class Actors:
         except Defer as deferred:
             if deferred.generation is not None:
                 priority = PRIORITY_FOR_QUEUE.get(q_name(current.queue_name) if current else "", "normal")
-                self.enqueue_send(message_id, priority, generation=deferred.generation,
-                                  delay_ms=max(1, int(deferred.delay_s * 1000)), retries=retries)
+                self.enqueue_owned(self.services.store, [(message_id, priority, deferred.generation,
+                                                          max(1, int(deferred.delay_s * 1000)))], retries=retries)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         metrics.EVENTS.labels(apply_event(self.services.store, event, self.services.hooks)).inc()

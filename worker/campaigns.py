@@ -458,8 +458,7 @@ def expand_campaign(services: Services, actors: Actors, campaign_id: str) -> flo
     rate = effective_rate(services.limiter, campaign)
     count, credit = plan_page(campaign, rate, book.outstanding(campaign_id))
     taken, created = book.expand(campaign, count) if count else (0, [])
-    for created_id in created:
-        actors.enqueue_send(created_id, "bulk", generation=0)
+    actors.enqueue_owned(services.store, [(created_id, "bulk", 0, None) for created_id in created])
     if campaign["rate_cap"] is not None and count:
         book.spend_credit(campaign, len(created), credit)
     everything_expanded = campaign["ingested"] and campaign["expanded"] + taken >= campaign["recipients"]

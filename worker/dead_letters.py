@@ -20,6 +20,7 @@ Entries that are not replayed stay in the queue (``purge`` removes them, or dram
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from dramatiq.message import Message
 from worker import statuses
 from worker.broker import QUEUES
 from worker.bulk_updates import ACTIVE, BulkUpdates
-from worker.errors import NotFoundError
+from worker.errors import NotFoundError, StoreUnavailable
 from worker.store import Store, utcnow
 
 SEND, BULK, EVENT, EVENTS = "send_message", "bulk_update", "apply_event", "apply_events"
@@ -175,7 +176,14 @@ class DeadLetters:
         options = {k: v for k, v in dead.options.items() if k not in _RESET_OPTIONS}
         fresh = Message(queue_name=q_name(dead.queue_name), actor_name=dead.actor_name, args=args,
                         kwargs=dead.kwargs, options=options, message_id=dead.message_id)
-        self.broker.enqueue(fresh)
+        try:
+            self.broker.enqueue(fresh)
+        except Exception:
+            if dead.actor_name == SEND and entry.message_id:
+                # Handed to the new job already: the scheduler enqueues it once Redis answers.
+                with contextlib.suppress(StoreUnavailable):
+                    self.store.enqueue_failed([(entry.message_id, args[1])])
+            raise
         return Replay(key, entry.actor, True, entry.status, "re-enqueued")
 
     @staticmethod

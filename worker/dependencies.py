@@ -61,6 +61,7 @@ class Dependency:
         self._down_since: float | None = None
         self.reason = ""
         metrics.DEPENDENCY_UP.labels(name).set(1)
+        metrics.DEPENDENCY_ERRORS.labels(name)  # exported at 0 from the start: rate() needs the series before an outage
 
     @property
     def up(self) -> bool:

@@ -83,6 +83,10 @@ def _telnyx_id(data: Mapping[str, Any]) -> str | None:
 #: the reconciler fetches from Telnyx whatever is older.
 PARKED_SWEEP_S = 3600.0
 
+#: How far back the sweep looks for events ``sendq web`` kept unapplied while Redis was down (:func:`keep_events`):
+#: as long as Redis remembers an event id, so no outage is long enough to leave one behind.
+KEPT_SWEEP_S = 7 * 86400.0
+
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -164,13 +168,34 @@ def apply_pending(store: Store, message_id: str, telnyx_id: str, hooks: Hooks | 
     return sum(1 for outcome in decided.values() if outcome == APPLIED)
 
 
+def keep_events(store: Store, batch: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """Keep verified events in the store without applying them (``sendq web`` while Redis is down): the
+    scheduler's sweep (:func:`apply_parked_known`) applies them, and a redelivery of one through Redis later finds
+    it kept (the events table's key dedupes). Returns for each event whether it was new: a second copy, in the
+    batch or in the table, is a duplicate."""
+    parsed = [_Event.parse(event) for event in batch]
+    rows = {p.event_id: p.row() for p in parsed if p is not None}
+    fresh = store.keep_unapplied(list(rows.values()))
+    outcomes: list[bool] = []
+    for item in parsed:
+        new = item is None or item.event_id in fresh
+        outcomes.append(new)
+        if item is not None:
+            fresh.discard(item.event_id)
+    return outcomes
+
+
 def apply_parked_known(store: Store, hooks: Hooks | None = None, *, limit: int = 500) -> int:
-    """Apply parked events whose message has its Telnyx id by now (the scheduler runs this every tick).
+    """Apply parked events whose message has its Telnyx id by now, and the events ``sendq web`` kept unapplied
+    while Redis was down (the scheduler runs this every tick).
 
     An event parked by a batch that committed after the send's :func:`apply_pending` read would otherwise wait
     for the reconciler; this bounds that to a tick. Returns how many were applied.
     """
     found = store.parked_known(utcnow() - timedelta(seconds=PARKED_SWEEP_S), limit)
+    # Events sendq web kept while Redis was down that no outbound message waits for (inbound, clicks, ...); the
+    # outbound ones among its events are parked events like any other.
+    found += store.unapplied_unbound(utcnow() - timedelta(seconds=KEPT_SWEEP_S), limit)
     parked = [_Event.parse(p["body"], p["event_id"]) for p in found]
     decided = _Batch(store, hooks).apply([p for p in parked if p is not None], record=False)
     return sum(1 for outcome in decided.values() if outcome == APPLIED)

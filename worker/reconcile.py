@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker import metrics, statuses
 from worker.classify import AMBIGUOUS
+from worker.dependencies import unavailable
 from worker.errors import TelnyxError, TelnyxRefused, TelnyxUnavailable
 from worker.events import FINALIZED, SENT, apply_event
 from worker.hooks import Hooks
@@ -98,6 +99,8 @@ class Reconciler:
         self._pass: threading.Thread | None = None
         self._paused_until = 0.0
         self._reconciled = 0
+        #: Set when Redis lost its data: messages not updated since are fetched without waiting finalize_after_s.
+        self._recheck_before: datetime | None = None
         if telnyx is None:
             log.warning("no Telnyx client (TELNYX_API_KEY unset): messages missing a final webhook are not fetched")
 
@@ -109,6 +112,12 @@ class Reconciler:
         with self._lock:
             reconciled, self._reconciled = self._reconciled, 0
         return {"resent": resent, "reconciled": reconciled}
+
+    def recheck_before(self, when: datetime) -> None:
+        """Fetch the ``submitted`` and ``sent`` messages not updated since ``when`` without waiting
+        ``finalize_after_s``: Redis lost its data at about ``when``, and with it the jobs of webhooks already
+        answered (their events would otherwise wait for the reconciler's usual delay)."""
+        self._recheck_before = when
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Wait for a running fetch pass to end."""
@@ -176,8 +185,10 @@ class Reconciler:
     def _run_pass(self) -> None:
         try:
             moved = self.unfinalized()
-        except Exception:
-            log.exception("reconcile pass failed; trying again at a later tick")
+        except Exception as exc:
+            # An outage is the scheduler's to report (once, when it starts and ends); the next pass tries again.
+            if unavailable(exc) is None:
+                log.exception("reconcile pass failed; trying again at a later tick")
             return
         with self._lock:
             self._reconciled += moved
@@ -188,15 +199,22 @@ class Reconciler:
         if self.telnyx is None:
             return 0
         cutoff = utcnow() - timedelta(seconds=self.settings.finalize_after_s)
-        moved = 0
+        recheck = self._recheck_before
+        if recheck is not None and recheck > cutoff:
+            cutoff = recheck
+        moved = found = 0
         for status in (statuses.SUBMITTED, statuses.SENT):
-            for message_id in self.store.stale(status, cutoff, limit=limit):
+            stale = self.store.stale(status, cutoff, limit=limit)
+            found += len(stale)
+            for message_id in stale:
                 try:
                     moved += self._reconcile_one(message_id, status)
                 except TelnyxUnavailable as exc:
                     self._paused_until = time.monotonic() + PAUSE_S
                     log.warning("reconciler: Telnyx unavailable (%s); fetches paused for %.0f s", exc, PAUSE_S)
                     return moved
+        if recheck is not None and not found and self._recheck_before is recheck:
+            self._recheck_before = None  # every message of before the loss was asked about
         return moved
 
     def _reconcile_one(self, message_id: str, status: str) -> int:

@@ -4,6 +4,11 @@ A webhook is read with a size cap, verified (Ed25519, +-300 s), parsed, deduplic
 enqueued for ``apply_events``; only then is it acknowledged, so an event is never lost to a 2xx. The slow
 work happens in the worker, which keeps answers well inside Telnyx's 2 s.
 
+While Redis is down (a batch's dedupe or enqueue fails), the batch is kept in the store's ``events`` table instead,
+unapplied, and answered 2xx once committed: the scheduler's sweep applies it (:func:`worker.events.apply_parked_known`)
+and the table's key dedupes it against a copy that comes through Redis later. Only with both down is the answer 503.
+The outage is logged when it starts and when it ends (:mod:`worker.dependencies`), not per batch.
+
 Verified events are group-committed (:class:`WebhookBatcher`): the events that arrive within
 ``SENDQ_WEBHOOK_BATCH_MS`` of a batch's first one are deduplicated in one Redis round trip and enqueued as one
 ``apply_events`` job, and every request of the batch is answered when that job is in Redis. Two Redis round
@@ -43,7 +48,9 @@ from starlette.types import Receive, Scope, Send
 from worker import metrics
 from worker.actors import Actors
 from worker.broker import build_broker
+from worker.dependencies import REDIS, STORE, Dependencies, Dependency, unavailable
 from worker.errors import SignatureError, StaleTimestamp
+from worker.events import keep_events
 from worker.queue_metrics import build_collector
 from worker.settings import Settings
 from worker.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, load_keys, verify
@@ -83,6 +90,20 @@ class AsyncEnqueue:
 
 
 ACCEPTED, DUPLICATE, UNAVAILABLE = "accepted", "duplicate", "unavailable"
+#: While Redis is down, one batch this often tries it before falling back to the store.
+REDIS_RETRY_S = 0.5
+
+
+class _Untracked:
+    """Stands for a dependency the batcher was not told about (built bare, in tests): up, and tracks nothing."""
+
+    up = True
+
+    def failed(self, error: BaseException | str) -> None:
+        pass
+
+    def recovered(self) -> None:
+        pass
 #: A batch is flushed early once its bodies add up to this, so one job stays a few MiB at most even when every
 #: webhook is near the body cap.
 BATCH_MAX_BYTES = 1 << 20
@@ -103,9 +124,14 @@ class WebhookBatcher:
     """
 
     def __init__(self, redis: aioredis.Redis, actors: Actors, enqueue: Callable[[Message], Awaitable[None]], *,
-                 dedupe_ttl_s: int, window_s: float, max_size: int) -> None:
+                 dedupe_ttl_s: int, window_s: float, max_size: int, store: Store | None = None,
+                 dependencies: Dependencies | None = None) -> None:
         self.redis, self.actors, self.enqueue = redis, actors, enqueue
         self.dedupe_ttl_s, self.window_s, self.max_size = dedupe_ttl_s, window_s, max_size
+        #: Where a batch goes when Redis fails: kept unapplied for the scheduler's sweep (None: answer 503).
+        self.store = store
+        self.dependencies = dependencies or Dependencies([])
+        self._redis_tried = 0.0
         self._keys: list[bytes] = []
         self._events: list[dict[str, Any]] = []
         self._waiters: list[asyncio.Future[str]] = []
@@ -149,10 +175,9 @@ class WebhookBatcher:
     async def _flush(self, keys: list[bytes], events: list[dict[str, Any]],
                      waiters: list[asyncio.Future[str]]) -> None:
         try:
-            results = await self._commit(keys, events)
-        except (redis.RedisError, asyncio.CancelledError) as exc:
-            # Cancelled: shutdown gave up on a Redis that does not answer; the same answer as Redis down.
-            log.warning("webhook batch of %d not enqueued: %r", len(keys), exc)
+            results = await self._commit_or_keep(keys, events)
+        except asyncio.CancelledError:
+            # Shutdown gave up on a Redis (or store) that does not answer; the same answer as both down.
             results = [UNAVAILABLE] * len(keys)
         except Exception as exc:
             # A bug: each request fails as a single one would (500, logged by the server), never hangs.
@@ -166,6 +191,50 @@ class WebhookBatcher:
             # Done already: its request was cancelled (client gone); the event is queued all the same.
             if not waiter.done():
                 waiter.set_result(result)
+
+    async def _commit_or_keep(self, keys: list[bytes], events: list[dict[str, Any]]) -> list[str]:
+        """Through Redis (dedupe, then one job), or into the store when Redis fails or is known down."""
+        if self._skip_redis():
+            return await self._keep(events)
+        try:
+            results = await self._commit(keys, events)
+        except redis.RedisError as exc:
+            outage = unavailable(exc)
+            self._dependency(REDIS).failed(outage.reason if outage else f"{type(exc).__name__}: {exc}")
+            return await self._keep(events)
+        self._dependency(REDIS).recovered()
+        return results
+
+    def _dependency(self, name: str) -> Dependency | _Untracked:
+        found = self.dependencies.by_name.get(name)
+        return found if found is not None else _Untracked()
+
+    def _skip_redis(self) -> bool:
+        """While Redis is known down, batches go straight to the store; one every :data:`REDIS_RETRY_S` tries
+        Redis first, and the first that gets through ends the outage."""
+        if self.store is None or self._dependency(REDIS).up:
+            return False
+        now = time.monotonic()
+        if now - self._redis_tried >= REDIS_RETRY_S:
+            self._redis_tried = now
+            return False
+        return True
+
+    async def _keep(self, events: list[dict[str, Any]]) -> list[str]:
+        """Redis failed: keep the batch in the store's events table, unapplied (the scheduler's sweep applies it,
+        and its key dedupes it against a copy that comes through Redis); ``unavailable`` when the store fails too."""
+        if self.store is None:
+            return [UNAVAILABLE] * len(events)
+        try:
+            fresh = await run_in_threadpool(keep_events, self.store, events)
+        except Exception as exc:
+            outage = unavailable(exc)
+            if outage is None:
+                raise
+            self._dependency(STORE).failed(outage.reason)
+            return [UNAVAILABLE] * len(events)
+        self._dependency(STORE).recovered()
+        return [ACCEPTED if new else DUPLICATE for new in fresh]
 
     async def _commit(self, keys: list[bytes], events: list[dict[str, Any]]) -> list[str]:
         pipe = self.redis.pipeline(transaction=False)
@@ -333,17 +402,20 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         broker = build_broker(settings)
         store = Store.from_url(settings.database_url)
+        dependencies = Dependencies.of(store=store.ping, redis=broker.client.ping)
         # Made here, in the server's event loop, which is the only loop it may be used from.
         client = aioredis.Redis.from_url(settings.redis_url or "")
         batcher = WebhookBatcher(
             client, Actors(broker), AsyncEnqueue(broker, client), dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
-            window_s=settings.webhook_batch_ms / 1000, max_size=settings.webhook_batch_max,
+            window_s=settings.webhook_batch_ms / 1000, max_size=settings.webhook_batch_max, store=store,
+            dependencies=dependencies,
         )
         receiver = WebhookReceiver(keys=keys, batcher=batcher, namespace=settings.namespace,
                                    tolerance_s=settings.webhook_tolerance_s, clock=clock)
         collector, close_collector = build_collector(settings.redis_url or "", settings.namespace, store)
         try:
-            yield {"receiver": receiver, "store": store, "redis": broker.client, "collector": collector}
+            yield {"receiver": receiver, "store": store, "redis": broker.client, "collector": collector,
+                   "dependencies": dependencies}
         finally:
             # Before Redis closes: what is still batched is enqueued (or refused with 503), never left waiting.
             await batcher.close()
@@ -353,15 +425,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             store.close()
 
     async def healthz(request: Request) -> Response:
+        dependencies: Dependencies = request.state.dependencies
+
         def check() -> dict[str, str]:
-            found = {}
-            for name, probe in (("redis", request.state.redis.ping), ("store", request.state.store.ping)):
-                try:
-                    probe()
-                    found[name] = "ok"
-                except Exception as exc:
-                    found[name] = f"error: {type(exc).__name__}"
-            return found
+            # Probed now: an outage's start and end are logged once, however often the probe asks.
+            for dependency in dependencies.by_name.values():
+                dependency.check()
+            return dependencies.health()
 
         found = await run_in_threadpool(check)
         healthy = all(v == "ok" for v in found.values())

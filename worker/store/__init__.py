@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from worker.store.engine import create_engine, insert_ignoring, insert_new, lock_names
 from worker.store.events import EventRecords, FoldedMessage
-from worker.store.messages import CONDITIONS, MessageRecords, NewMessage
+from worker.store.messages import CONDITIONS, ENQUEUE_PENDING, MessageRecords, NewMessage
 from worker.store.schema import (
     COUNTS_BACKFILLED,
     bulk_updates,
@@ -37,7 +37,8 @@ from worker.store.schema import (
 )
 
 __all__ = [
-    "CONDITIONS", "COUNTS_BACKFILLED", "FoldedMessage", "NewMessage", "Store", "bulk_updates", "campaign_counts",
+    "CONDITIONS", "COUNTS_BACKFILLED", "ENQUEUE_PENDING", "FoldedMessage", "NewMessage", "Store", "bulk_updates",
+    "campaign_counts",
     "campaign_recipients", "campaigns", "create_engine", "events", "history", "inbound_messages", "insert_ignoring",
     "insert_new", "link_clicks", "lock_names", "messages", "metadata", "new_id", "suppressions", "sync_state",
     "utcnow",

@@ -118,6 +118,19 @@ class EventRecords:
             return [dict(r) for r in conn.execute(_PARKED_KNOWN, {"since": since, "limit": limit}).mappings()]
 
 
+    def unapplied_unbound(self, since: datetime, limit: int = 500) -> list[dict[str, Any]]:
+        """Events received since ``since``, not applied, that name no outbound message (inbound messages, link
+        clicks, anything else): ``event_id``, ``body``. Only ``sendq web``'s fallback leaves such events unapplied
+        (a batch kept while Redis was down); a batch applied by a worker marks every one of them applied."""
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(_UNAPPLIED_UNBOUND, {"since": since, "limit": limit}).mappings()]
+
+    def keep_unapplied(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Keep events for a later sweep (``sendq web`` while Redis is down), in one transaction; returns the ids
+        that were new (the others were kept before: duplicates)."""
+        with self.engine.begin() as conn:
+            return self.keep_events(conn, rows)
+
 
 @dataclass
 class FoldedMessage:
@@ -156,3 +169,7 @@ _PARKED_KNOWN = (sa.select(events.c.event_id, events.c.body)
                  .join(messages, messages.c.telnyx_id == events.c.telnyx_id)
                  .where(events.c.applied_at.is_(None), events.c.received_at >= sa.bindparam("since"))
                  .order_by(events.c.received_at).limit(sa.bindparam("limit")))
+_UNAPPLIED_UNBOUND = (sa.select(events.c.event_id, events.c.body)
+                      .where(events.c.applied_at.is_(None), events.c.telnyx_id.is_(None),
+                             events.c.received_at >= sa.bindparam("since"))
+                      .order_by(events.c.received_at).limit(sa.bindparam("limit")))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,6 +41,16 @@ _NEXT_JOB = (messages.update()
                     sa.or_(sa.bindparam("_after", type_=sa.Integer).is_(None), sa.bindparam("_after") == _JOB_GEN))
              .values(job_gen=_JOB_GEN + 1, job_due_at=sa.bindparam("_due"))
              .returning(messages.c.job_gen))
+#: ``job_due_at`` of a ``queued`` message whose enqueue failed (Redis down): the scheduler's next look for lost jobs
+#: picks it before any other, so it is sent within a tick of Redis answering again, not ``requeue_after_s`` later.
+ENQUEUE_PENDING = datetime(1970, 1, 1, tzinfo=UTC)
+#: ``job_due_at`` of a message that must not be sent by any job (a paused campaign's): never taken for lost.
+NEVER_DUE = datetime(9999, 1, 1, tzinfo=UTC)
+#: The enqueue of job ``_gen`` failed: mark the message pending, unless it moved on (another job, another status).
+_ENQUEUE_FAILED = (messages.update()
+                   .where(messages.c.id == sa.bindparam("_id"), messages.c.status == statuses.QUEUED,
+                          sa.or_(sa.bindparam("_gen", type_=sa.Integer).is_(None), sa.bindparam("_gen") == _JOB_GEN))
+                   .values(job_due_at=ENQUEUE_PENDING))
 _ROW_SELECT = messages.select().where(messages.c.id == sa.bindparam("_id"))
 
 
@@ -349,6 +359,25 @@ class MessageRecords:
         """
         with self.reader.connect() as conn:
             return conn.execute(_NEXT_JOB, {"_id": message_id, "_after": after, "_due": due_at}).scalar()
+
+    def enqueue_failed(self, jobs: Iterable[tuple[str, int | None]]) -> None:
+        """Record that the enqueue of each ``(message id, job number)`` failed, so the scheduler's next tick after
+        Redis answers re-enqueues those messages first (:data:`ENQUEUE_PENDING`). A message that moved on since
+        (claimed, cancelled, handed to another job) is left alone."""
+        params = [{"_id": message_id, "_gen": generation} for message_id, generation in jobs]
+        if params:
+            with self.reader.connect() as conn:
+                conn.execute(_ENQUEUE_FAILED, params)
+
+    def requeue_all(self) -> int:
+        """Mark every ``queued`` message's job as lost (Redis lost its data): the scheduler re-enqueues them all,
+        from the next tick. Messages no job may take (a paused campaign's) are left alone. Returns how many."""
+        statement = (messages.update()
+                     .where(messages.c.status == statuses.QUEUED,
+                            sa.or_(messages.c.job_due_at.is_(None), messages.c.job_due_at < NEVER_DUE))
+                     .values(job_due_at=ENQUEUE_PENDING))
+        with self.engine.begin() as conn:
+            return conn.execute(statement).rowcount or 0
 
     def touch(self, message_id: str, status: str) -> bool:
         """Mark a message as seen without changing its status (so it is not picked as stale again)."""
