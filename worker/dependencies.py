@@ -77,7 +77,7 @@ class Dependency:
             self.reason = str(error)
             self._up.clear()
         metrics.DEPENDENCY_UP.labels(self.name).set(0)
-        log.warning("%s is unavailable (%s); waiting for it, no retries are spent", self.name, self.reason)
+        log.warning("%s is unavailable (%s); waiting for it", self.name, self.reason)
         # Someone must notice the end even when nothing waits for it (a consumer that reported the outage and
         # reconnects by itself): a probe of its own, until the dependency answers.
         threading.Thread(target=self.wait, name=f"sendq-probe-{self.name}", daemon=True).start()
