@@ -130,7 +130,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     if not settings.public_keys:
         log.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused with 401")
     try:
-        log.info("web: webhooks at http://%s:%d/webhooks/telnyx, /healthz and /metrics", args.host, args.port)
+        log.info("web: webhooks at http://%s:%d/webhooks/telnyx, /healthz, /livez and /metrics", args.host, args.port)
         # log_config=None: uvicorn's records go through sendq's handler (one line, JSON when asked, redacted).
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", log_config=None)
     finally:
@@ -162,7 +162,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     actors = Actors(broker)
     optouts = PeriodicOptOutSync(OptOutSync(store, telnyx) if telnyx else None, settings.optout_sync_interval_s)
     scheduler = Scheduler(settings, store, actors, Reconciler(settings, store, telnyx, actors), optouts)
-    ops = _ops_server(settings, scheduler.health)
+    ops = _ops_server(settings, scheduler.health, scheduler.live)
     try:
         # Started during an outage: wait for the store and Redis (logged once each), /healthz naming them.
         if _migrate_when_up(scheduler.dependencies, store, stop):
@@ -207,13 +207,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ops_server(settings: Any, health: Callable[[], dict[str, str]]) -> Any:
-    """``/metrics`` and ``/healthz`` on ``SENDQ_METRICS_PORT`` when it is set (see worker.ops_server)."""
+def _ops_server(settings: Any, health: Callable[[], dict[str, str]],
+                live: Callable[[], dict[str, str]] | None = None) -> Any:
+    """``/metrics``, ``/healthz`` and ``/livez`` on ``SENDQ_METRICS_PORT`` when it is set (see worker.ops_server)."""
     if settings.metrics_port is None:
         return None
     from worker.ops_server import OpsServer
 
-    return OpsServer(settings.metrics_port, health=health, multiprocess_dir=settings.prometheus_multiproc_dir).start()
+    return OpsServer(settings.metrics_port, health=health, live=live,
+                     multiprocess_dir=settings.prometheus_multiproc_dir).start()
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:

@@ -129,8 +129,11 @@ def test_one_deployment_per_process_with_probes_resources_and_secret_references(
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["command"] == argv, f"{name} runs its Procfile line"
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"]["path"] == "/healthz", f"{name}: {probe} on /healthz"
+        # Liveness asks the process alone: a restart cannot bring back a database. web takes webhooks while Redis
+        # or the store answers, so it stays in its Service through an outage of one.
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez", f"{name}: liveness on /livez"
+        ready = "/livez" if name == "web" else "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == ready, f"{name}: readiness on {ready}"
         assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
         secrets = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
         assert {"TELNYX_API_KEY", "TELNYX_PUBLIC_KEY", "DATABASE_URL", "REDIS_URL"} <= secrets

@@ -260,6 +260,7 @@ def test_sendq_scheduler_started_while_redis_is_down_waits_for_it(base_settings,
         assert proc.poll() is None
         status, checks = _healthz(port) or (0, {})
         assert status == 503 and checks["redis"].startswith("error: unavailable"), health
+        assert httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code == 200  # waiting, not stuck
         server.start()
         eventually(lambda: (_healthz(port) or (0, {}))[0] == 200, 15)
         client = redis.Redis.from_url(server.url)
@@ -371,12 +372,14 @@ def test_web_with_redis_down_keeps_webhooks_in_the_store_and_the_sweep_applies_t
         later = [asyncio.run(post_all(web.url, [finalized(str(uuid.uuid4()))])) for _ in range(5)]
         again = asyncio.run(post_all(web.url, [final]))  # Telnyx's redelivery of an event kept already
         health = httpx.get(f"{web.url}/healthz")
+        live = httpx.get(f"{web.url}/livez")
 
     assert [(a.status_code, a.json()["result"]) for a in answers] == [(200, "accepted")] * 2
     assert [a[0].status_code for a in later] == [200] * 5
     assert again[0].json()["result"] == "duplicate"
     assert health.status_code == 503
     assert health.json()["redis"].startswith("error: unavailable") and health.json()["store"] == "ok"
+    assert (live.status_code, live.json()) == (200, {"web": "ok"})  # it still takes webhooks: no restart, no eviction
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING][:1] and \
         len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1  # the outage's start, once
     assert kept(store)["evt-final"] is None  # kept, not applied: no worker ran

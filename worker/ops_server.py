@@ -6,7 +6,10 @@ probes itself (a multiprocess directory is per host, and sharing one between con
 
 - ``GET /metrics``: every process of the group (the samples in ``PROMETHEUS_MULTIPROC_DIR`` when set, else this
   process's registry);
-- ``GET /healthz``: 200 while ``health()`` reports every check ``ok``, else 503, with the checks as JSON.
+- ``GET /healthz``: 200 while ``health()`` reports every check ``ok``, else 503, with the checks as JSON: the
+  process and the dependencies it needs (a dependency down names itself);
+- ``GET /livez``: the same for ``live()``, the process's own checks only. A liveness probe belongs here: restarting
+  a process cannot bring the database back, and a process waiting out an outage resumes by itself.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class OpsServer:
     """Serves ``/metrics`` and ``/healthz`` on ``host:port`` until :meth:`close`."""
 
-    def __init__(self, port: int, *, health: Health, multiprocess_dir: str | None = None,
-                 host: str = "0.0.0.0") -> None:
-        handler = _handler(health, multiprocess_dir)
+    def __init__(self, port: int, *, health: Health, live: Health | None = None,
+                 multiprocess_dir: str | None = None, host: str = "0.0.0.0") -> None:
+        handler = _handler({"/healthz": health, "/livez": live or health}, multiprocess_dir)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
@@ -42,7 +45,7 @@ class OpsServer:
 
     def start(self) -> OpsServer:
         self._thread.start()
-        log.info("serving /metrics and /healthz on port %d", self.port)
+        log.info("serving /metrics, /healthz and /livez on port %d", self.port)
         return self
 
     def close(self) -> None:
@@ -50,16 +53,16 @@ class OpsServer:
         self._server.server_close()
 
 
-def _handler(health: Health, multiprocess_dir: str | None) -> type[BaseHTTPRequestHandler]:
+def _handler(checks: dict[str, Health], multiprocess_dir: str | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._answer(200, exposition(multiprocess_dir), CONTENT_TYPE)
-            elif path == "/healthz":
-                checks = health()
-                status = 200 if all(v == "ok" for v in checks.values()) else 503
-                self._answer(status, json.dumps(checks).encode(), "application/json")
+            elif path in checks:
+                found = checks[path]()
+                status = 200 if all(v == "ok" for v in found.values()) else 503
+                self._answer(status, json.dumps(found).encode(), "application/json")
             else:
                 self._answer(404, b"not found\n", "text/plain")
 

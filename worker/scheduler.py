@@ -139,6 +139,7 @@ class Scheduler:
     #: ``/healthz`` of ``sendq scheduler`` fails once no tick has completed for this long (a stuck loop).
     HEALTHY_WITHIN_S = 300.0
     _last_tick: float | None = None
+    _last_pass: float | None = None
 
     def _beat(self) -> None:
         """Tell ``GET /metrics`` that a tick completed (``sendq_scheduler_last_tick_timestamp_seconds``)."""
@@ -156,6 +157,13 @@ class Scheduler:
         return self.dependencies.health() | {
             "ticks": "ok" if age <= self.HEALTHY_WITHIN_S else f"error: no tick completed for {age:.0f} s"}
 
+    def live(self) -> dict[str, str]:
+        """``{"loop": "ok"}`` while the loop goes round, a tick run or skipped for an outage (``/livez``)."""
+        if self._last_pass is None:
+            self._last_pass = time.monotonic()
+        age = time.monotonic() - self._last_pass
+        return {"loop": "ok" if age <= self.HEALTHY_WITHIN_S else f"error: the loop stopped {age:.0f} s ago"}
+
     def ready(self) -> bool:
         """Whether every dependency answers: those known to be down are probed (once each) now."""
         return all(d.up or d.check() for d in self.dependencies.by_name.values())
@@ -163,6 +171,7 @@ class Scheduler:
     def run_once(self) -> bool:
         """One tick unless a dependency is down; whether it ran to the end. A tick failing because a dependency
         went down is counted on it (its outage is logged once); any other failure is logged."""
+        self._last_pass = time.monotonic()
         if not self.ready():
             return False
         try:

@@ -437,6 +437,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         healthy = all(v == "ok" for v in found.values())
         return JSONResponse(found, status_code=200 if healthy else 503)
 
+    async def livez(request: Request) -> Response:
+        # Webhooks are accepted while Redis or the store answers, and restarting web brings neither back: the
+        # orchestrator's probes ask this, /healthz tells an operator which dependency is down.
+        return JSONResponse({"web": "ok"})
+
     async def metrics_endpoint(request: Request) -> Response:
         body = await run_in_threadpool(metrics.exposition, settings.prometheus_multiproc_dir,
                                        [request.state.collector])
@@ -446,6 +451,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         routes=[
             Route("/webhooks/telnyx", WebhookEndpoint(settings.webhook_max_body_bytes), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/livez", livez, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
