@@ -52,14 +52,7 @@ ACCEPTED_TO_FINAL = Histogram(
     "by final status.", ["status"],
     buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0),
 )
-WEBDEPENDENCY_ERRORS = Counter(
-    "sendq_dependency_errors_total", "Calls that failed because a dependency (store, redis) was unavailable; the "
-    "outage itself is logged once when it starts and once when it ends.", ["dependency"],
-)
-# livemin: across a worker's processes, 0 as soon as one of them finds the dependency down.
-DEPENDENCY_UP = Gauge("sendq_dependency_up", "Whether the process's last call to a dependency (store, redis) "
-                      "succeeded.", ["dependency"], multiprocess_mode="livemin")
-HOOKS = Counter("sendq_webhook_requests_total", "Webhook requests received, by result.", ["result"])
+WEBHOOKS = Counter("sendq_webhook_requests_total", "Webhook requests received, by result.", ["result"])
 EVENTS = Counter("sendq_events_total", "Telnyx events processed by apply_event, by outcome.", ["outcome"])
 SENDER_HOLDS = Counter("sendq_sender_holds_total", "Senders held after a Telnyx error only an operator can fix, "
                        "by error code.", ["code"])
