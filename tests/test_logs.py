@@ -169,3 +169,17 @@ def test_sendq_log_calls_never_pass_a_text_a_body_or_a_recipient() -> None:
                 if mentioned & PERSONAL:
                     offenders.append(f"{path.relative_to(root)}:{node.lineno} {sorted(mentioned & PERSONAL)}")
     assert not offenders, offenders
+
+
+def test_dramatiqs_received_line_keeps_no_job_arguments(restore_logging: None,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    events = [{"data": {"payload": {"text": "Your code is 123456", "to": [{"phone_number": NUMBER}]}}}]
+    actor = dramatiq.actor(lambda batch: len(batch), broker=StubBroker(), actor_name="apply_events_test")
+    configure_logging("DEBUG", json_format=True)
+    assert actor(events) == 1  # dramatiq's Actor.__call__, as a worker thread runs it
+    err = capsys.readouterr().err
+    assert "Received a job" in err and "Completed after" in err
+    assert "123456" not in err and "3125550002" not in err

@@ -103,6 +103,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+#: dramatiq's actor logs every job's arguments at DEBUG, on the actor's own logger (``worker.actors.<name>``):
+#: for ``apply_events`` whole webhooks, with message texts and numbers. The line is kept, the arguments not.
+DRAMATIQ_RECEIVED = "Received args=%r kwargs=%r."
+RECEIVED_WITHOUT_ARGUMENTS = "Received a job (its arguments are not logged: they may hold message texts)"
+
+
+class JobArgumentsFilter(logging.Filter):
+    """Drops the arguments from dramatiq's "Received args=..." line, whichever actor's logger wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == DRAMATIQ_RECEIVED:
+            record.msg, record.args = RECEIVED_WITHOUT_ARGUMENTS, ()
+        return True
+
+
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a record comes (tests and wrappers swap it; a stream kept from
     an earlier moment may be closed by then)."""
@@ -128,6 +143,7 @@ def configure_logging(level: str = "INFO", *, json_format: bool = False, secrets
     redactor = Redactor(secrets)
     handler = StderrHandler()
     handler.setFormatter(JsonFormatter(redactor) if json_format else TextFormatter(redactor))
+    handler.addFilter(JobArgumentsFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(old)
