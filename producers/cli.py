@@ -427,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     long_running = args.command in ("worker", "web", "scheduler", "simulator")
     configure_logging(settings.log_level if long_running else "WARNING", json_format=settings.log_format == "json",
                       secrets=secrets_of(settings))
-    redact = Redactor(secrets_of(settings))  # an error message must not carry the API key either
+    # An error message must not carry the API key either; it may echo the number the operator typed.
+    redact = Redactor(secrets_of(settings), numbers=False)
     try:
         return int(args.handler(args))
     except ValidationError as exc:
@@ -437,6 +438,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sendq: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:
+        # The store's engine raises StoreUnavailable itself; Redis is reached through redis-py and dramatiq,
+        # whose connection errors become "redis unavailable: ..." here, one line, exit 1, rather than a traceback.
+        from worker.dependencies import unavailable
+
+        outage = unavailable(exc)
+        if outage is None:
+            raise
+        print(f"sendq: error: {redact(str(outage))}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -16,7 +16,7 @@ from worker.actors import Actors
 from worker.broker import build_broker
 from worker.bulk_updates import BulkUpdates, check_request
 from worker.campaigns import RUNNING, Campaigns, RowError, check_control, progress
-from worker.dependencies import unavailable
+from worker.dependencies import raising_outages, unavailable
 from worker.embedded import EmbeddedRedis, resolve_redis
 from worker.errors import ConflictError, DependencyUnavailable, TelnyxRefused, ValidationError
 from worker.hooks import Hooks
@@ -43,7 +43,13 @@ def check_send(settings: Settings | None, to: str | Sequence[str], **options: An
 
 
 class Producer:
-    """Accepts messages into sendq. Build one with :meth:`connect` and reuse it; it is thread-safe."""
+    """Accepts messages into sendq. Build one with :meth:`connect` and reuse it; it is thread-safe.
+
+    While the store or Redis cannot be reached its methods raise :class:`~worker.errors.StoreUnavailable` or
+    :class:`~worker.errors.RedisUnavailable` (both :class:`~worker.errors.DependencyUnavailable`), never a
+    driver's exception. :meth:`submit` is the exception for Redis: a stored message whose job could not be
+    enqueued is accepted, and the scheduler enqueues it.
+    """
 
     def __init__(self, settings: Settings, store: Store, actors: Actors,
                  embedded: EmbeddedRedis | None = None) -> None:
@@ -53,6 +59,7 @@ class Producer:
         self._embedded = embedded
 
     @classmethod
+    @raising_outages
     def connect(cls, settings: Settings | None = None, *, broker: dramatiq.Broker | None = None) -> Producer:
         """A producer for ``settings`` (default: from the environment), joining the embedded Redis if needed."""
         settings, embedded = resolve_redis(settings or Settings.from_env())
@@ -118,6 +125,7 @@ class Producer:
         """Accept one message and return its id (see :meth:`submit` for the options)."""
         return str(self.submit(to, **options)["id"])
 
+    @raising_outages
     def cancel(self, message_id: str) -> dict[str, Any]:
         """Cancel a message not yet handed to Telnyx (or scheduled at Telnyx); returns its record.
 
@@ -147,10 +155,12 @@ class Producer:
                     from exc
         self.store.transition(row["id"], statuses.CANCELLED, from_=[statuses.SCHEDULED])
 
+    @raising_outages
     def status(self, message_id: str) -> dict[str, Any]:
         """The message's record (CONTRACT.md). Raises NotFoundError for an unknown id."""
         return self.store.record(message_id)
 
+    @raising_outages
     def bulk_update(self, profile_id: str, numbers: Sequence[str], *, assign_only: bool = False) -> dict[str, Any]:
         """Move ``numbers`` (E.164) to profile ``profile_id`` (``""`` unassigns); returns ``{"id", "status"}``.
 
@@ -167,12 +177,14 @@ class Producer:
                         f"{outage.dependency} unavailable" if outage else type(exc).__name__)
         return {"id": row["id"], "status": row["status"]}
 
+    @raising_outages
     def bulk_status(self, bulk_id: str) -> dict[str, Any]:
         """The bulk update's record (CONTRACT.md). Raises NotFoundError for an unknown id."""
         return BulkUpdates(self.store.engine).record(bulk_id)
 
     # -- campaigns ---------------------------------------------------------------------------------------
 
+    @raising_outages
     def campaign(self, recipients: Iterable[Mapping[str, Any]], *, template: str, phone_column: str = "phone",
                  on_error: Callable[[RowError], None] | None = None, **options: Any) -> dict[str, Any]:
         """Create a campaign sending ``template`` to ``recipients`` (mappings with ``phone_column`` and the
@@ -186,6 +198,7 @@ class Producer:
         return self.create_campaign(CampaignOptions(template=template, senders=senders, **options),
                                     numbered(recipients), phone_column=phone_column, on_error=on_error)
 
+    @raising_outages
     def create_campaign(self, options: CampaignOptions, rows: Iterable[tuple[int, Mapping[str, Any]]], *,
                         phone_column: str, on_error: Callable[[RowError], None] | None = None) -> dict[str, Any]:
         """Validate ``options``, store the campaign and stream ``rows`` (``(line, columns)``) into it.
@@ -205,11 +218,13 @@ class Producer:
                         start=start)
         return result.as_dict()
 
+    @raising_outages
     def campaign_status(self, campaign_id: str) -> dict[str, Any]:
         """Progress of a campaign: messages by status, recent send rate and ETA at the current limits."""
         book = Campaigns(self.store.engine, self.store.reader)
         return progress(book, book.get(campaign_id), Limiter.from_settings(self.actors.broker.client, self.settings))
 
+    @raising_outages
     def pause_campaign(self, campaign_id: str) -> dict[str, Any]:
         """Stop a campaign's sends; a message already handed to a worker's send finishes. Returns its status."""
         book = Campaigns(self.store.engine, self.store.reader)
@@ -217,6 +232,7 @@ class Producer:
         book.pause(campaign_id)
         return self.campaign_status(campaign_id)
 
+    @raising_outages
     def resume_campaign(self, campaign_id: str) -> dict[str, Any]:
         """Continue a paused campaign where it stopped."""
         book = Campaigns(self.store.engine, self.store.reader)
@@ -232,6 +248,7 @@ class Producer:
             self.actors.enqueue_expander(campaign_id)
         return self.campaign_status(campaign_id)
 
+    @raising_outages
     def cancel_campaign(self, campaign_id: str) -> dict[str, Any]:
         """Finalize a campaign: whatever is not yet handed to Telnyx ends ``cancelled``."""
         book = Campaigns(self.store.engine, self.store.reader)

@@ -5,7 +5,8 @@
 - every metric the Grafana dashboard and the alert rules query exists in that scrape;
 - no label value is a phone number or an id, and the API key is nowhere: not in a log line, a metric, an
   error recorded on a message, nor a process's output;
-- every log line of ``web``, ``worker`` and ``scheduler`` is one JSON object.
+- every log line of ``web``, ``worker`` and ``scheduler`` is one JSON object, with no full phone number and no
+  message text in it.
 """
 
 from __future__ import annotations
@@ -188,6 +189,16 @@ def test_the_api_key_is_nowhere(run: FullRun, scrapes: dict[str, str]) -> None:
     for where, text in outputs.items():
         assert SECRET_API_KEY not in text, f"the API key appears in the {where}"
     assert "Authorization" not in run.log("worker") or "Bearer KEY" not in run.log("worker")
+
+
+def test_no_log_line_carries_a_full_phone_number_or_a_message_text(run: FullRun, scrapes: dict[str, str]) -> None:
+    run.stop()  # idempotent: the logs of shutting down are scanned too
+    for name in run.procs:
+        text = run.log(name)
+        numbers = re.findall(r"(?:\+|%2[Bb])[0-9]{8,15}(?![0-9])", text)
+        assert not numbers, f"{name} logged unmasked numbers: {sorted(set(numbers))[:5]}"
+        texts = re.findall(r"\b(?:hello|code|slow) [0-9]+\b|to someone who said STOP", text)
+        assert not texts, f"{name} logged message texts: {sorted(set(texts))[:5]}"
 
 
 # -- the pieces, without the full run ------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ the dependency that is down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import redis
 from dramatiq.errors import BrokerConnectionError
@@ -46,6 +48,28 @@ def unavailable(error: BaseException | None) -> DependencyUnavailable | None:
             return RedisUnavailable(text[0] if text else type(error).__name__)
         error = error.__cause__ or error.__context__
     return None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def raising_outages(function: F) -> F:
+    """``function``, raising :class:`RedisUnavailable` where redis-py or dramatiq raised a connection error (and
+    :class:`StoreUnavailable` as the engine does): the Python API's callers catch one exception per outage."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except DependencyUnavailable:
+            raise
+        except Exception as exc:
+            outage = unavailable(exc)
+            if outage is None:
+                raise
+            raise outage from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Dependency:

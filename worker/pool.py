@@ -3,7 +3,9 @@
 Each child builds its own broker, services and actors from the settings it is handed (nothing is shared
 across the fork but configuration), serves the chosen queues with a pool of threads, and stops cleanly
 on SIGTERM or SIGINT: in-flight jobs finish, prefetched ones go back to Redis. A child that dies is
-replaced, so a crash costs only the jobs it held (which Redis redelivers).
+replaced at once, so a crash costs only the jobs it held (which Redis redelivers). A child that keeps dying
+soon after it starts (a broken deployment, a dependency it cannot do without) is started again after 1 s, 2 s,
+4 s ... at most 30 s, one log line per exit, rather than every half second.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -34,6 +36,19 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping worker waits for in-flight jobs before requeueing what is left.
 STOP_TIMEOUT_MS = 30_000
+#: A child that exits is replaced at once. When its replacement too exits before it has lived ``HEALTHY_AFTER_S``,
+#: the next one starts after ``FIRST_RESPAWN_DELAY_S``, doubling with each such exit in a row up to
+#: ``MAX_RESPAWN_DELAY_S``; a child that lives ``HEALTHY_AFTER_S`` resets the count.
+FIRST_RESPAWN_DELAY_S, MAX_RESPAWN_DELAY_S, HEALTHY_AFTER_S = 1.0, 30.0, 60.0
+
+
+def respawn_delay(quick_exits: int, first_s: float = FIRST_RESPAWN_DELAY_S,
+                  max_s: float = MAX_RESPAWN_DELAY_S) -> float:
+    """Seconds to wait before replacing a child after ``quick_exits`` exits in a row soon after starting: none
+    for the first, then ``first_s``, doubling, at most ``max_s``."""
+    if quick_exits <= 1:
+        return 0.0
+    return min(first_s * 2 ** min(quick_exits - 2, 32), max_s)
 
 
 def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int = 8,
@@ -82,20 +97,34 @@ class Pool:
 
     With ``settings.metrics_port`` the supervisor also serves ``/metrics`` (every child's samples, through a
     multiprocess directory) and ``/healthz`` (200 while every child is alive).
+
+    ``target`` is what each child runs, ``target(settings, queues, threads)`` (tests hand in one that fails);
+    the respawn delays are attributes for the same reason.
     """
 
-    def __init__(self, settings: Settings, *, processes: int, threads: int, queues: Iterable[str]) -> None:
+    first_respawn_delay_s = FIRST_RESPAWN_DELAY_S
+    max_respawn_delay_s = MAX_RESPAWN_DELAY_S
+    healthy_after_s = HEALTHY_AFTER_S
+
+    def __init__(self, settings: Settings, *, processes: int, threads: int, queues: Iterable[str],
+                 target: Callable[[Settings, list[str], int], object] = _child_main) -> None:
         self.settings = settings
         self.processes = processes
         self.threads = threads
         self.queues = list(queues)
+        self.target = target
         self._context: Any = multiprocessing.get_context("spawn")
         self._children: list[BaseProcess] = []
+        # Per slot: when its child started, how many children in a row exited soon after starting, and when the
+        # next one is due while the slot waits out its delay (None: not waiting).
+        self._started: list[float] = []
+        self._quick_exits: list[int] = []
+        self._respawn_at: list[float | None] = []
         self._stopping = threading.Event()
         self._metrics_dir: MultiprocessDir | None = None
 
     def _spawn(self) -> BaseProcess:
-        child = self._context.Process(target=_child_main, args=(self.settings, self.queues, self.threads),
+        child = self._context.Process(target=self.target, args=(self.settings, self.queues, self.threads),
                                       name="sendq-worker", daemon=False)
         child.start()
         return child
@@ -115,6 +144,10 @@ class Pool:
         server = self._start_metrics()
         try:
             self._children = [self._spawn() for _ in range(self.processes)]
+            now = time.monotonic()
+            self._started = [now] * self.processes
+            self._quick_exits = [0] * self.processes
+            self._respawn_at = [None] * self.processes
             while not self._stopping.wait(0.5):
                 self._replace_dead()
             log.info("stopping %d worker processes", len(self._children))
@@ -137,13 +170,34 @@ class Pool:
         return OpsServer(settings.metrics_port, health=self.health, multiprocess_dir=self._metrics_dir.path).start()
 
     def _replace_dead(self) -> None:
+        now = time.monotonic()
         for i, child in enumerate(self._children):
             if child.is_alive():
                 continue
-            log.warning("worker process %s exited with %s; starting another", child.pid, child.exitcode)
-            if self._metrics_dir is not None and child.pid is not None:
-                mark_process_dead(child.pid, self._metrics_dir.path)
-            self._children[i] = self._spawn()
+            due = self._respawn_at[i]
+            if due is None:  # an exit not seen before: one line, and the delay before the next child
+                due = self._exited(i, child, now)
+            if now >= due:
+                self._respawn_at[i] = None
+                self._children[i] = self._spawn()
+                self._started[i] = time.monotonic()
+
+    def _exited(self, slot: int, child: BaseProcess, now: float) -> float:
+        """Note the exit of ``slot``'s child; returns when its replacement is due."""
+        lived = now - self._started[slot]
+        self._quick_exits[slot] = 1 if lived >= self.healthy_after_s else self._quick_exits[slot] + 1
+        delay = respawn_delay(self._quick_exits[slot], self.first_respawn_delay_s, self.max_respawn_delay_s)
+        if delay:
+            log.warning("worker process %s exited with %s after %.1f s (%d in a row within %.0f s of starting); "
+                        "starting another in %.0f s", child.pid, child.exitcode, lived, self._quick_exits[slot],
+                        self.healthy_after_s, delay)
+        else:
+            log.warning("worker process %s exited with %s after %.1f s; starting another", child.pid,
+                        child.exitcode, lived)
+        if self._metrics_dir is not None and child.pid is not None:
+            mark_process_dead(child.pid, self._metrics_dir.path)
+        self._respawn_at[slot] = now + delay
+        return now + delay
 
     def _stop_children(self) -> None:
         for child in self._children:
