@@ -52,11 +52,28 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.close(force=True)
 
 
+#: ``SENDQ_TEST_SCOPE=services`` runs only what the machine's services add to a run on the embedded defaults: each
+#: store test on PostgreSQL alone, and the tests that use Redis or a store at all (CI's second pass; see .ci/run).
+SERVICES_ONLY = os.environ.get("SENDQ_TEST_SCOPE", "") == "services"
+
+
 def _backends() -> list[str]:
-    found = ["sqlite"]
-    if os.environ.get("DATABASE_URL", "").startswith(POSTGRES_PREFIXES):
-        found.append("postgresql")
-    return found
+    postgres = os.environ.get("DATABASE_URL", "").startswith(POSTGRES_PREFIXES)
+    if SERVICES_ONLY and postgres:
+        return ["postgresql"]
+    return ["sqlite", "postgresql"] if postgres else ["sqlite"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not SERVICES_ONLY:
+        return
+    kept, dropped = [], []
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        (kept if uses & {"database_url", "redis_url"} else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(params=_backends())
