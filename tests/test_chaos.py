@@ -107,6 +107,7 @@ def test_killed_workers_lose_nothing_and_send_nothing_twice(base_settings, tmp_p
                                 group_kills=killer.kills["group"], resent_after_lease=resent,
                                 max_attempts=max(r["attempts"] for r in rows))
         _report(outcome)
+        chaos.check_logs_private()
         chaos.check_no_duplicates()
         assert sum(killer.kills.values()) >= 2
         assert counts == Counter({statuses.DELIVERED: n})
@@ -138,6 +139,7 @@ def test_without_idempotency_keys_the_same_kills_send_twice_at_most_what_was_in_
                                 messages_sent_twice_or_more=len(twice), marked_ambiguous=len(ambiguous))
         outcome.distinct_keys, outcome.distinct_label = len(texts), "distinct_messages"
         _report(outcome)
+        chaos.check_logs_private()
         assert kills >= 1, "no kill came: the bound below would hold trivially"
         assert sum(counts.values()) == n and all(statuses.is_final(s) for s in counts)
         assert len(texts) == n  # every message reached the simulator at least once
@@ -239,6 +241,7 @@ def test_a_fault_storm_ends_every_message_within_the_retry_policy(base_settings,
             job_retries=retried, deferred_after_429=deferred_429,
             max_attempts=max(r["attempts"] for r in rows))
         _report(outcome)
+        chaos.check_logs_private()
         chaos.check_no_duplicates()
         assert counts == Counter({statuses.DELIVERED: n})
 
@@ -261,6 +264,7 @@ def test_lost_webhooks_are_finalized_by_the_reconciler(base_settings, tmp_path):
                                 reconciler_events=len(found),
                                 reconciled_with_webhooks_delivered=len(reconciled - dropped))
         _report(outcome)
+        chaos.check_logs_private()
         chaos.check_no_duplicates()
         assert counts == Counter({statuses.DELIVERED: n})
         assert dropped and dropped <= reconciled
