@@ -74,6 +74,13 @@ def _wait_submitted(store: Store, ids: list[str], timeout_s: float = 30) -> None
         time.sleep(0.05)
 
 
+def _wait_down(dependencies: Dependencies, name: str) -> None:
+    deadline = time.monotonic() + 10
+    while dependencies.by_name[name].up:
+        assert time.monotonic() < deadline, "the worker never met the outage"
+        time.sleep(0.05)
+
+
 # Without the outage handling, one retry at 50-200 ms backoff would dead-letter every job of a 3 s outage.
 FRAGILE = {"send_max_retries": 1, "send_min_backoff_ms": 50, "send_max_backoff_ms": 200}
 
@@ -92,10 +99,7 @@ def test_sends_that_meet_a_store_outage_wait_for_it_and_spend_no_retry(base_sett
         with _worker(settings) as (_services, dependencies):
             proxy.cut()
             ids = [producer.send(f"+1312556{i:04d}", from_="+13125550001", text=f"outage {i}") for i in range(20)]
-            deadline = time.monotonic() + 10
-            while dependencies.by_name["store"].up:
-                assert time.monotonic() < deadline, "the worker never met the outage"
-                time.sleep(0.05)
+            _wait_down(dependencies, "store")
             time.sleep(3)  # several backoffs' worth: each job would have been retried and dead-lettered by now
             assert all(direct.row(i)["status"] == statuses.QUEUED for i in ids)
             proxy.restore()
@@ -129,10 +133,7 @@ def test_sends_that_meet_a_redis_outage_wait_for_it_and_spend_no_retry(base_sett
             _wait_submitted(direct, first)
             proxy.cut()
             ids = [producer.send(f"+1312557{i:04d}", from_="+13125550001", text=f"during {i}") for i in range(20)]
-            deadline = time.monotonic() + 10
-            while dependencies.by_name["redis"].up:
-                assert time.monotonic() < deadline, "the worker never met the outage"
-                time.sleep(0.05)
+            _wait_down(dependencies, "redis")
             time.sleep(3)
             proxy.restore()
             _wait_submitted(direct, ids)
