@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -36,11 +37,20 @@ def fresh_settings(tmp: str, **overrides: Any) -> Settings:
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
         engine.dispose()
+        atexit.register(_drop_schema, database_url, schema)
         database_url += ("&" if "?" in database_url else "?") + f"options=-csearch_path%3D{schema}"
     settings = Settings(database_url=database_url, namespace=f"bench-{uuid.uuid4().hex[:8]}",
                         telnyx_api_key="KEY-bench", embedded_redis_path=f"{tmp}/redis.db", **overrides)
     settings, _embedded = resolve_redis(settings)
     return settings
+
+
+def _drop_schema(database_url: str, schema: str) -> None:
+    """A run's schema goes with it: a benchmark of a million rows must not leave them in the database."""
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    engine.dispose()
 
 
 def environment(settings: Settings) -> dict[str, str]:

@@ -106,9 +106,6 @@ class Actors:
         self.enqueue_owned(store, [(message_id, priority, generation, delay_ms)], retries=retries)
         return True
 
-    def enqueue_event(self, event: dict[str, Any]) -> None:
-        self.apply_event.send(event)
-
     def enqueue_bulk_update(self, bulk_id: str, *, delay_ms: int | None = None) -> None:
         self.bulk_update.send_with_options(args=(bulk_id,), delay=delay_ms)
 

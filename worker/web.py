@@ -65,7 +65,7 @@ class AsyncEnqueue:
     """``RedisBroker.enqueue(message)`` (no delay) over an asyncio Redis client.
 
     The broker's own dispatch script, with the arguments and middleware hooks its ``enqueue`` uses, so a worker
-    gets exactly the job ``Actors.enqueue_event`` would have made. It reads two RedisBroker internals (the
+    gets exactly the job ``Actors.apply_events.send`` would have made. It reads two RedisBroker internals (the
     maintenance draw and the Lua unpack size) of dramatiq 2.x, which pyproject.toml pins below 3.
     """
 
