@@ -475,8 +475,15 @@ def test_during_a_key_rotation_either_key_verifies_and_no_other(web_settings, co
 # --- Redis down ------------------------------------------------------------------------------------------
 
 
-def test_with_no_redis_only_a_verified_event_is_503_everything_else_is_answered_as_usual(web_settings):
-    down = web_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+def _no_store(settings: Settings, tmp_path: Path) -> Settings:
+    """``settings`` with a store that cannot be opened: with Redis down too, web has nowhere to keep an event."""
+    return settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'missing' / 'web.db'}"})
+
+
+def test_with_no_redis_and_no_store_only_a_verified_event_is_503_everything_else_is_answered_as_usual(
+        web_settings, tmp_path):
+    down = _no_store(web_settings, tmp_path).model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     event = json.dumps({"data": {**_outbound("message.sent", "m1"), "id": "e1"}}).encode()
     with running(down) as receiver:
 
@@ -533,10 +540,11 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         server.kill()
 
 
-def test_a_delivery_refused_while_redis_was_down_is_accepted_once_when_it_is_back(web_settings, private_redis):
+def test_a_delivery_refused_while_redis_and_the_store_were_down_is_accepted_once_when_redis_is_back(
+        web_settings, private_redis, tmp_path):
     first = json.dumps({"data": {**_outbound("message.sent", "m1"), "id": "e-before"}}).encode()
     second = json.dumps({"data": {**_outbound("message.finalized", "m1"), "id": "e-during"}}).encode()
-    with running(web_settings.model_copy(update={"redis_url": private_redis.url})) as receiver:
+    with running(_no_store(web_settings, tmp_path).model_copy(update={"redis_url": private_redis.url})) as receiver:
         assert receiver.send(first, signed(first, NOW)).json() == {"result": "accepted"}
 
         private_redis.kill()
