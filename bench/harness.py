@@ -113,7 +113,8 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 
 class SimulatorProcess:
     """``with SimulatorProcess("--sender-mps", "+1...=5") as url:`` runs ``sendq simulator`` in its own process
-    (so it does not share the benchmark's interpreter), without webhooks, until the block ends."""
+    (so it does not share the benchmark's interpreter), without webhooks, until the block ends. With
+    ``--any-sender``: benchmarks spread load over hundreds of made-up senders that no account owns."""
 
     def __init__(self, *flags: str) -> None:
         self.port = free_port()
@@ -122,8 +123,8 @@ class SimulatorProcess:
 
     def __enter__(self) -> str:
         self.proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "simulator", "--port", str(self.port),
-                                      "--webhook-url", "", "--sent-delay", "86400", *self.flags], cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--webhook-url", "", "--sent-delay", "86400", "--any-sender", *self.flags],
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"{self.url}/_sim/stats")
         return self.url
 

@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
 
-    simulator = Simulator(SimulatorConfig(sent_delay_s=3600))  # no webhooks needed: lateness is at arrival
+    # No webhooks needed (lateness is at arrival); any_sender: the senders are made up.
+    simulator = Simulator(SimulatorConfig(sent_delay_s=3600, any_sender=True))
     with tempfile.TemporaryDirectory() as tmp, ServerThread(create_app(simulator)) as sim:
         settings = fresh_settings(tmp, telnyx_base_url=f"{sim.url}/v2", **UNBOUND_LIMITS)
         store = Store.from_url(settings.database_url).migrate()

@@ -243,6 +243,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url or None, webhook_failover_url=args.failover_url, api_key=args.api_key,
         key_seed=args.key_seed, outcomes={args.outcome: 1.0}, sent_delay_s=args.sent_delay,
         final_delay_s=args.final_delay, seed=args.seed, faults=faults, throughput=throughput,
+        numbers=tuple(args.numbers or ()), any_sender=args.any_sender,
     )
     simulator = Simulator(config)
     print(f"Telnyx simulator on http://{args.host}:{args.port}/v2  "
@@ -299,6 +300,17 @@ def _port(value: str) -> int:
     if not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535 (got {value!r})")
     return number
+
+
+def _number_list(value: str) -> list[str]:
+    """``N1,N2,...``: +E.164 numbers or short codes."""
+    from worker import sms
+
+    numbers = [n.strip() for n in value.split(",") if n.strip()]
+    wrong = [n for n in numbers if not (sms.is_e164(n) or sms.is_short_code(n))]
+    if not numbers or wrong:
+        raise argparse.ArgumentTypeError(f"expected +E.164 numbers or short codes separated by commas (got {value!r})")
+    return numbers
 
 
 def _rate(value: str) -> tuple[str, float]:
@@ -370,11 +382,25 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--failover-url", help="webhook failover URL")
     sim.add_argument("--api-key", help="require this bearer key (default: accept any)")
     sim.add_argument("--key-seed", default="sendq-simulator", help="seed of the webhook signing key")
-    sim.add_argument("--outcome", default="delivered",
-                     choices=["delivered", "delivery_failed", "delivery_unconfirmed", "sending_failed", "expired"])
+    outcomes = sim.add_argument_group(
+        "delivery outcome",
+        "One send can ask for its own outcome with the request header 'x-sim-outcome: STATUS' (e.g. "
+        "'x-sim-outcome: delivery_failed' fails that message's delivery, with error 40008 in its "
+        "message.finalized and in GET /v2/messages/{id}).")
+    outcomes.add_argument("--outcome", default="delivered",
+                          choices=["delivered", "delivery_failed", "delivery_unconfirmed", "sending_failed", "expired"],
+                          help="final status of every recipient of a send that asks for none")
     sim.add_argument("--sent-delay", type=float, default=0.05, help="seconds from accept to message.sent")
     sim.add_argument("--final-delay", type=float, default=0.05, help="seconds from sent to message.finalized")
     sim.add_argument("--seed", type=int, default=0, help="seed of every random choice (outcomes, faults)")
+    owned = sim.add_argument_group(
+        "sender ownership (Telnyx refuses a 'from' the account does not own: 40305)",
+        "The account owns its seeded numbers (+13125550001, the pool +13125550100-102, +13125550190, toll-free "
+        "+18445550001, short code 22395, ...), those given here, and those added with POST /_sim/numbers.")
+    owned.add_argument("--numbers", type=_number_list, metavar="N1,N2,...",
+                       help="more numbers the account owns (on the default messaging profile)")
+    owned.add_argument("--any-sender", action="store_true",
+                       help="accept any well-formed sender, owned or not (benchmarks with many made-up senders)")
     faults = sim.add_argument_group("fault injection on /v2 (per request also: x-sim-fault, x-sim-latency-ms)")
     faults.add_argument("--fail-5xx", type=float, default=0.0, metavar="P", help="chance of a 500/502/503")
     faults.add_argument("--fail-429", type=float, default=0.0, metavar="P", help="chance of a 429 (10011)")

@@ -37,7 +37,7 @@ from worker.scheduler import Scheduler
 from worker.services import Services
 from worker.serving import ServerThread, free_port
 from worker.settings import Settings
-from worker.simulator import Simulator
+from worker.simulator import Simulator, SimulatorConfig
 from worker.simulator import create_app as create_simulator_app
 from worker.web import create_app as create_web_app
 
@@ -60,6 +60,9 @@ BATCH: list[tuple[dict[str, Any], str]] = [
       "text": "Dinner at 8?"}, statuses.DELIVERED),
     ({"to": OPTED_OUT, "from_": "+13125550001", "text": "We miss you!"}, statuses.SUPPRESSED),
 ]
+#: The numbers the demo's simulated account owns beside its seeded ones (+13125550001 and the pool): the short
+#: code of the batch and the campaign's two senders. Telnyx refuses any other sender, and so does the simulator.
+OWNED = ("24680", "+13125550003", "+13125550004")
 SCHEDULED_IN_S = 3
 WAIT_S = 30.0
 
@@ -129,7 +132,7 @@ def run_demo(settings: Settings, *, out: TextIO) -> int:
 
 
 def _run(settings: Settings, out: TextIO) -> int:
-    simulator = Simulator()
+    simulator = Simulator(SimulatorConfig(numbers=OWNED))
     with ServerThread(create_simulator_app(simulator)) as sim_server:
         settings = settings.model_copy(update={
             "telnyx_base_url": f"{sim_server.url}/v2",

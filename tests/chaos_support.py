@@ -418,12 +418,19 @@ class Chaos:
         self.store.close()
 
 
+def chaos_sim_config(**overrides: Any) -> SimulatorConfig:
+    """The simulator of a scenario: fast, and owning the scenario's senders (:data:`SENDERS`), as a Telnyx account
+    owns the numbers it sends from."""
+    return SimulatorConfig(**{"sent_delay_s": 0.02, "final_delay_s": 0.02, "webhook_retry_base_s": 0.1,
+                              "numbers": tuple(SENDERS), **overrides})
+
+
 @contextlib.contextmanager
 def running(base_settings: Settings, workdir: Path, *, sim_config: SimulatorConfig | None = None,
             redis_url: str | None = None, drop_webhooks: float = 0.0, strip_idempotency: bool = False,
             **env: Any) -> Iterator[tuple[Chaos, DroppingProxy | None]]:
     """The whole system for one scenario; ``env`` are ``SENDQ_*`` settings (lowercase, without the prefix)."""
-    sim = Simulator(sim_config or SimulatorConfig(sent_delay_s=0.02, final_delay_s=0.02, webhook_retry_base_s=0.1))
+    sim = Simulator(sim_config or chaos_sim_config())
     sim_app: ASGIApp = create_simulator_app(sim)
     if strip_idempotency:
         sim_app = StripIdempotencyKey(sim_app)

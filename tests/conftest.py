@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from sim_support import FAST, running_simulator
 
 from producers.producer import Producer
 from worker import statuses
@@ -30,7 +31,6 @@ from worker.services import Services
 from worker.serving import ServerThread, free_port
 from worker.settings import Settings
 from worker.simulator import Simulator, SimulatorConfig
-from worker.simulator import create_app as create_simulator_app
 from worker.store import Store
 from worker.web import create_app as create_web_app
 
@@ -131,9 +131,10 @@ def store(base_settings: Settings) -> Iterator[Store]:
 
 @pytest.fixture
 def simulator() -> Iterator[Simulator]:
-    sim = Simulator(SimulatorConfig(sent_delay_s=0.02, final_delay_s=0.02, webhook_retry_base_s=0.05))
-    with ServerThread(create_simulator_app(sim)) as server:
-        sim.url = server.url
+    """A simulator that accepts any well-formed sender (``any_sender``): sendq's pipeline tests invent senders
+    freely (``+1312555{n}``). Tests of what Telnyx refuses override this fixture with one that owns only its
+    numbers (tests/test_contract_messages.py, tests/test_simulator_ownership.py)."""
+    with running_simulator(SimulatorConfig(**FAST, any_sender=True)) as sim:
         yield sim
 
 

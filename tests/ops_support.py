@@ -110,7 +110,7 @@ def full_run(redis_url: str, tmp: Path) -> Iterator[FullRun]:
     try:
         run.start("simulator", "simulator", "--port", str(ports["sim"]), "--webhook-url", settings.webhook_url or "",
                   "--api-key", SECRET_API_KEY, "--key-seed", KEY_SEED, "--seed", "5", "--fail-5xx", "0.1",
-                  "--fail-reset", "0.04", "--sent-delay", "0.02", "--final-delay", "0.02")
+                  "--fail-reset", "0.04", "--sent-delay", "0.02", "--final-delay", "0.02", "--numbers", SLOW)
         run.start("web", "web", "--port", str(ports["web"]), SENDQ_WEBHOOK_MAX_BODY_BYTES=str(WEBHOOK_MAX_BODY))
         run.start("worker", "worker", "--processes", "2", "--threads", "4", SENDQ_METRICS_PORT=str(ports["worker"]))
         run.start("scheduler", "scheduler", SENDQ_METRICS_PORT=str(ports["scheduler"]),

@@ -18,11 +18,10 @@ from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
-from chaos_support import SENDERS, Chaos, PrivatePostgres, PrivateRedis, Proc, running, scale
+from chaos_support import SENDERS, Chaos, PrivatePostgres, PrivateRedis, Proc, chaos_sim_config, running, scale
 
 from worker import statuses
 from worker.errors import StoreUnavailable
-from worker.simulator import SimulatorConfig
 from worker.simulator.faults import FaultConfig
 from worker.store import Store, events, utcnow
 
@@ -158,7 +157,7 @@ def test_redis_restarted_without_persistence_loses_nothing(base_settings, tmp_pa
     outage_s = scale(20, 8)
     server = PrivateRedis(tmp_path).start()
     # Finals come 3 s after acceptance, so webhooks of the messages sent before the kill arrive during the outage.
-    config = SimulatorConfig(sent_delay_s=0.02, final_delay_s=3.0, webhook_retry_base_s=0.1)
+    config = chaos_sim_config(final_delay_s=3.0)
     try:
         with running(base_settings, tmp_path, sim_config=config, redis_url=server.url) as (chaos, _):
             chaos.start_scheduler()
@@ -214,7 +213,7 @@ def test_redis_restarted_without_persistence_loses_nothing(base_settings, tmp_pa
 def test_a_fault_storm_ends_every_message_within_the_retry_policy(base_settings, tmp_path):
     n = scale(5000, 300)
     faults = FaultConfig(fail_5xx=0.20, fail_429=0.10, fail_reset=0.05, fail_timeout=0.02, hang_s=3.0, seed=66)
-    config = SimulatorConfig(sent_delay_s=0.02, final_delay_s=0.02, webhook_retry_base_s=0.1, faults=faults)
+    config = chaos_sim_config(faults=faults)
     with running(base_settings, tmp_path, sim_config=config, http_timeout_s=2, requeue_after_s=30,
                  finalize_after_s=30, sending_lease_s=30, scheduler_interval_s=0.2) as (chaos, _):
         chaos.start_scheduler()
@@ -294,8 +293,7 @@ def test_a_killed_worker_s_sends_are_final_within_45_s_on_default_settings(base_
     # The redelivered jobs join the back of their queue (dramatiq's maintenance), so the backlog left at the kill
     # adds to their wait: here 8 threads at 0.5 s a request drain it in seconds.
     n = scale(400, 160)
-    config = SimulatorConfig(sent_delay_s=0.02, final_delay_s=0.02, webhook_retry_base_s=0.1,
-                             faults=FaultConfig(latency_ms=500))
+    config = chaos_sim_config(faults=FaultConfig(latency_ms=500))
     with running(base_settings, tmp_path, sim_config=config) as (chaos, _):
         chaos.start_scheduler()
         worker = chaos.start_worker(threads=8)
@@ -338,7 +336,7 @@ def test_a_store_outage_pauses_the_work_and_loses_nothing(base_settings, tmp_pat
         settings = base_settings.model_copy(update={"database_url": pg.url})
         Store.from_url(pg.url).migrate().close()
         # Finals come 3 s after acceptance, so webhooks of the last messages before the stop arrive during it.
-        config = SimulatorConfig(sent_delay_s=0.02, final_delay_s=3.0, webhook_retry_base_s=0.1)
+        config = chaos_sim_config(final_delay_s=3.0)
         with running(settings, tmp_path, sim_config=config) as (chaos, _):
             chaos.start_scheduler()
             chaos.start_worker(threads=8)

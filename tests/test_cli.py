@@ -109,7 +109,7 @@ def processes(env) -> Iterator[dict[str, str]]:
         return proc
 
     sim = spawn("simulator", "--port", str(sim_port), "--webhook-url",
-                f"http://127.0.0.1:{web_port}/webhooks/telnyx", env_=env)
+                f"http://127.0.0.1:{web_port}/webhooks/telnyx", "--numbers", "24680", env_=env)
     public_key = _wait_json(f"http://127.0.0.1:{sim_port}/_sim/public_key", sim)["public_key"]
     env = {**env, "TELNYX_BASE_URL": f"http://127.0.0.1:{sim_port}/v2", "TELNYX_PUBLIC_KEY": public_key}
     web = spawn("web", "--port", str(web_port), env_=env)

@@ -7,10 +7,20 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import telnyx
+from sim_support import FAST, running_simulator
 
+from worker.simulator import SimulatorConfig
+from worker.simulator.inventory import SHORT_CODE
 from worker.telnyx import TelnyxClient
 
 PROFILE = "4001767e-ce0f-4cae-9d5f-0d5e636e7809"
+
+
+@pytest.fixture
+def simulator():
+    """Sends only from the numbers the simulated account owns, as Telnyx does."""
+    with running_simulator(SimulatorConfig(**FAST)) as sim:
+        yield sim
 
 
 @pytest.fixture
@@ -34,7 +44,7 @@ def test_send_on_every_endpoint(sdk):
     sends = [
         sdk.messages.send(to="+13125550002", from_="+13125550001", text="general", idempotency_key="c-1"),
         sdk.messages.send_long_code(to="+13125550002", from_="+13125550001", text="long code"),
-        sdk.messages.send_short_code(to="+13125550002", from_="24680", text="short code"),
+        sdk.messages.send_short_code(to="+13125550002", from_=SHORT_CODE, text="short code"),
         sdk.messages.send_number_pool(to="+13125550002", messaging_profile_id=PROFILE, text="pool"),
         sdk.messages.send_with_alphanumeric_sender(to="+447700900123", from_="MyShop", messaging_profile_id=PROFILE,
                                                    text="alpha"),

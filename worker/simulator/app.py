@@ -17,11 +17,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from worker.signature import Signer
 from worker.simulator import control, faults, numbers, optouts, profiles, throughput
 from worker.simulator.faults import FaultConfig, FaultMiddleware, Faults
 from worker.simulator.messages import ORGANIZATION_ID, MessageEndpoints
 from worker.simulator.optouts import OptOutList
+from worker.simulator.signing import WebhookSigner
 from worker.simulator.state import SimMessage, SimState
 from worker.simulator.throughput import Throughput, ThroughputConfig
 from worker.simulator.webhooks import WebhookSender, event
@@ -50,6 +50,11 @@ class SimulatorConfig:
     webhook_retry_base_s: float = 0.5
     profile_id: str = DEFAULT_PROFILE_ID
     pool_numbers: tuple[str, ...] = POOL_NUMBERS
+    #: Numbers the account owns beyond the seeded ones (on the default profile); more can be added at run time
+    #: with ``POST /_sim/numbers``. Telnyx refuses a ``from`` the account does not own (40305).
+    numbers: tuple[str, ...] = ()
+    #: Accept any well-formed sender, owned or not: for benchmarks and tests that invent hundreds of senders.
+    any_sender: bool = False
     #: Injected 5xx, 429, resets, timeouts and latency on /v2 (default: none).
     faults: FaultConfig = field(default_factory=FaultConfig)
     #: Per-sender and account message rates, queued as Telnyx queues them (default: unlimited).
@@ -65,7 +70,7 @@ class Simulator:
         self.config = config or SimulatorConfig()
         self.state = SimState()
         self.optouts = OptOutList()
-        self.signer = Signer.from_seed(self.config.key_seed)
+        self.signer = WebhookSigner.from_seed(self.config.key_seed)
         self.random = random.Random(self.config.seed)
         self.started = time.monotonic()
         self.tasks: set[asyncio.Task[None]] = set()

@@ -1,4 +1,4 @@
-"""The control API under ``/_sim``: what tests read (the truth) and what they change (reset)."""
+"""The control API under ``/_sim``: what tests read (the truth) and what they change (numbers owned, reset)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from worker.simulator import inventory, rules
+from worker.simulator.http import Refusal, json_object
 
 if TYPE_CHECKING:
     from worker.simulator.app import Simulator
@@ -37,6 +40,20 @@ def routes(sim: Simulator) -> list[Route]:
     async def webhooks(request: Request) -> Response:
         return JSONResponse({"data": list(sim.webhooks.attempts) if sim.webhooks else []})
 
+    async def add_numbers(request: Request) -> Response:
+        """Give the account numbers: ``{"numbers": [...], "messaging_profile_id"?}`` (default: the default
+        profile); answers with the records added (numbers already owned are left as they are)."""
+        try:
+            body = await json_object(request)
+            numbers = body.get("numbers")
+            if not isinstance(numbers, list) or not all(rules.sender_kind(n) in ("long_code", "toll_free",
+                                                                                 "short_code") for n in numbers):
+                raise Refusal(400, "10015", "Bad Request", "'numbers' must be a list of +E.164 numbers or short codes.")
+        except Refusal as refusal:
+            return refusal.response()
+        profile = body.get("messaging_profile_id", sim.config.profile_id)
+        return JSONResponse({"data": inventory.book(sim).add(numbers, profile)})
+
     async def reset(request: Request) -> Response:
         sim.reset()
         return Response(status_code=204)
@@ -47,5 +64,6 @@ def routes(sim: Simulator) -> list[Route]:
         Route("/_sim/stats", stats, methods=["GET"]),
         Route("/_sim/arrivals", arrivals, methods=["GET"]),
         Route("/_sim/webhooks", webhooks, methods=["GET"]),
+        Route("/_sim/numbers", add_numbers, methods=["POST"]),
         Route("/_sim/reset", reset, methods=["POST"]),
     ]

@@ -8,6 +8,7 @@ One :class:`NumberBook` per simulator, shared by the ``numbers`` routes (which s
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 import time
 import uuid
@@ -16,14 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from worker.simulator.messages import ORGANIZATION_ID
-from worker.simulator.state import now_iso
-from worker.sms import is_e164
+from worker.simulator import rules
+from worker.simulator.state import ORGANIZATION_ID, now_iso
 
 if TYPE_CHECKING:
     from worker.simulator.app import Simulator
 
 KINDS = ("phone", "mobile", "hosted")
+#: What a profile's ``number_pool_settings`` hold when nobody installed the profiles (long codes only).
+DEFAULT_POOL_SETTINGS = {"long_code_weight": 1.0, "toll_free_weight": 0.0}
 #: The seeded numbers outside the profile's pool (which comes from ``SimulatorConfig.pool_numbers``).
 MAIN_NUMBER = "+13125550001"
 SPARE_NUMBER = "+13125550190"  # owned but on no profile: something to assign
@@ -70,13 +72,21 @@ def mobile_record(number_id: str, phone: str, profile_id: str | None, created: s
     }
 
 
-def seed(profile_id: str, pool: tuple[str, ...]) -> dict[str, dict[str, dict[str, Any]]]:
+def kind_of(number: str) -> str:
+    """The record type Telnyx gives a number of this form."""
+    return {"toll_free": "toll-free", "short_code": "short-code"}.get(rules.sender_kind(number) or "", "long-code")
+
+
+def seed(profile_id: str, pool: tuple[str, ...], extra: tuple[str, ...] = ()) -> dict[str, dict[str, dict[str, Any]]]:
     """A small plausible account: long codes (the main number and the pool), a spare long code, one
-    toll-free number, one short code, one mobile number and one hosted number."""
+    toll-free number, one short code, one mobile number and one hosted number; plus ``extra`` numbers
+    (``SimulatorConfig.numbers``) on the default profile."""
     created = now_iso()
     plan = [(MAIN_NUMBER, "long-code", profile_id), *((n, "long-code", profile_id) for n in pool),
             (SPARE_NUMBER, "long-code", None), (TOLL_FREE, "toll-free", profile_id),
             (SHORT_CODE, "short-code", profile_id)]
+    seeded = {number for number, _, _ in plan} | {MOBILE_NUMBER, HOSTED_NUMBER}
+    plan += [(n, kind_of(n), profile_id) for n in dict.fromkeys(extra) if n not in seeded]
     phone = {}
     for index, (number, kind, profile) in enumerate(plan):
         number_id = str(1_293_384_261_075_731_400 + index)
@@ -117,13 +127,15 @@ class NumberBook:
     profile exists (the ``profiles`` routes install it; until then any profile is accepted).
     """
 
-    def __init__(self, profile_id: str, pool: tuple[str, ...], *, bulk_batch: int = 2,
+    def __init__(self, profile_id: str, pool: tuple[str, ...], extra: tuple[str, ...] = (), *, bulk_batch: int = 2,
                  bulk_interval_s: float = 1.0) -> None:
         self._lock = threading.RLock()
-        self._seed_args = (profile_id, pool)
+        self._seed_args = (profile_id, pool, extra)
         self.bulk_batch = bulk_batch
         self.bulk_interval_s = bulk_interval_s
         self.profile_known: Callable[[str], bool] = lambda _profile: True
+        #: A profile's ``number_pool_settings`` (None: no number pool); the ``profiles`` routes install it.
+        self.pool_settings: Callable[[str], dict[str, Any] | None] = lambda _profile: dict(DEFAULT_POOL_SETTINGS)
         self._numbers: dict[str, dict[str, dict[str, Any]]] = {}
         self._orders: dict[str, BulkOrder] = {}
         self.reset()
@@ -132,6 +144,7 @@ class NumberBook:
         with self._lock:
             self._numbers = seed(*self._seed_args)
             self._orders = {}
+            self._added_ids = itertools.count()
 
     def _find(self, kind: str, key: str) -> dict[str, Any] | None:
         found = self._numbers[kind].get(key)
@@ -156,6 +169,37 @@ class NumberBook:
                     return kind, copy.deepcopy(found)
         return None
 
+    def owns(self, phone: str) -> bool:
+        return self.owner(phone) is not None
+
+    def add(self, numbers: list[str], profile_id: str | None) -> list[dict[str, Any]]:
+        """Give the account more phone numbers (``POST /_sim/numbers``); numbers it owns already stay as they are."""
+        added = []
+        with self._lock:
+            for number in dict.fromkeys(numbers):
+                if self.owns(number):
+                    continue
+                number_id = str(1_293_384_261_075_732_000 + next(self._added_ids))
+                record = number_record(number_id, number, kind_of(number), profile_id, now_iso())
+                self._numbers["phone"][number_id] = record
+                added.append(copy.deepcopy(record))
+        return added
+
+    def pool(self, profile_id: str) -> list[str] | None:
+        """The numbers a number-pool send on ``profile_id`` may use; None when the profile has no number pool.
+
+        Telnyx: "all long-code and toll-free numbers on the profile form the pool", each type only while its
+        weight in ``number_pool_settings`` is above 0.
+        """
+        settings = self.pool_settings(profile_id)
+        if settings is None:
+            return None
+        types = {t for t, weight in (("long-code", "long_code_weight"), ("toll-free", "toll_free_weight"))
+                 if (settings.get(weight) or 0) > 0}
+        with self._lock:
+            return sorted(r["phone_number"] for r in self._numbers["phone"].values()
+                          if r["messaging_profile_id"] == profile_id and r["type"] in types)
+
     def update(self, kind: str, key: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         with self._lock:
             found = self._find(kind, key)
@@ -173,7 +217,7 @@ class NumberBook:
         """Open an order: owned E.164 numbers wait in ``pending``, the rest fail at once."""
         unique = list(dict.fromkeys(numbers))
         with self._lock:
-            owned = [n for n in unique if is_e164(n) and self.owner(n)]
+            owned = [n for n in unique if rules.is_phone_number(n) and self.owner(n)]
             order = BulkOrder(str(uuid.uuid4()), profile_id, assign_only, time.monotonic(), pending=owned,
                               failed=[n for n in unique if n not in owned])
             self._orders[order.order_id] = order
@@ -222,6 +266,7 @@ def book(sim: Simulator) -> NumberBook:
     with _BOOKS_LOCK:
         found = _BOOKS.get(sim)
         if found is None:
-            found = _BOOKS[sim] = NumberBook(sim.config.profile_id, tuple(sim.config.pool_numbers))
+            found = _BOOKS[sim] = NumberBook(sim.config.profile_id, tuple(sim.config.pool_numbers),
+                                             tuple(sim.config.numbers))
             sim.on_reset(found.reset)
         return found

@@ -1,14 +1,17 @@
 """The simulator's message endpoints: every send, scheduling, retrieval, cancellation, group MMS.
 
-Each send is checked the way Telnyx checks it (the same SMS rules as the producer, in :mod:`worker.sms`),
-refused with Telnyx's status and code, or accepted and given a lifecycle: ``message.sent`` then one
-``message.finalized`` per recipient, signed, at the configured delays and outcome mix.
+Each send is judged by Telnyx's documented rules (:mod:`worker.simulator.rules`, independent of sendq's own
+validation): the sender must be a number the account owns, of the kind the endpoint sends from, and a named
+messaging profile must exist. A refused send answers with Telnyx's status and code; an accepted one gets a
+lifecycle: ``message.sent`` then one ``message.finalized`` per recipient, signed, at the configured delays and
+outcome mix (or the outcome a request asks for with ``x-sim-outcome``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -17,14 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker import sms
+from worker.simulator import inventory, rules
 from worker.simulator.http import Refusal, json_object, require_auth
-from worker.simulator.state import Replay, SimMessage, new_message_id, now_iso
+from worker.simulator.state import ORGANIZATION_ID, Replay, SimMessage, new_message_id, now_iso
 
 if TYPE_CHECKING:
     from worker.simulator.app import Simulator
 
-ORGANIZATION_ID = "9d76d591-1b7d-405d-8c64-1320ee070245"
+__all__ = ["ORGANIZATION_ID", "OUTCOME_ERRORS", "MessageEndpoints"]
+
 COST_PER_PART = 0.004
 MAX_GROUP_RECIPIENTS = 8
 MAX_MEDIA = 10
@@ -42,26 +46,34 @@ OUTCOME_ERRORS = {
     "delivery_unconfirmed": None,
     "delivered": None,
 }
+#: The per-request header that decides every recipient's final status (instead of the configured mix).
+OUTCOME_HEADER = "x-sim-outcome"
 WHATSAPP_TYPES = {"audio", "document", "image", "sticker", "video", "interactive", "location", "template",
                   "reaction", "contacts", "text"}
+#: An owned number's kind as a sender, by its record type (mobile numbers are ``longcode``).
+RECORD_KINDS = {"long-code": "long_code", "longcode": "long_code", "toll-free": "toll_free",
+                "tollfree": "toll_free", "short-code": "short_code", "shortcode": "short_code"}
+KIND_NAMES = {"long_code": "a long code", "toll_free": "a toll-free number", "short_code": "a short code",
+              "alphanumeric": "an alphanumeric sender ID"}
 
 
 def _missing(field: str) -> Refusal:
     return Refusal(400, "10004", "Missing required parameter", f"The '{field}' parameter is required.", f"/{field}")
 
 
-def _bad_from(detail: str = "The 'from' address should be a valid phone number, short code or alphanumeric "
-                            "sender ID associated with the sending messaging profile.") -> Refusal:
-    return Refusal(400, "40305", "Invalid 'from' address", detail, "/from")
+def _bad_from(detail: str | None = None) -> Refusal:
+    return Refusal(400, "40305", "Invalid 'from' address",
+                   detail or "The 'from' address should be a valid phone number, short code or alphanumeric sender "
+                             "ID associated with the sending messaging profile.", "/from")
 
 
 def _check_to(to: Any) -> str:
     if to in (None, ""):
         raise _missing("to")
-    if not isinstance(to, str) or not (sms.is_e164(to) or sms.SHORT_CODE.match(to)):
+    if not rules.is_recipient(to):
         raise Refusal(400, "40310", "Invalid 'to' address", "The 'to' address should be a single valid number.",
                       "/to")
-    return to
+    return str(to)
 
 
 def _check_content(body: dict[str, Any], *, mms_allowed: bool = True) -> tuple[str, list[str], bool]:
@@ -79,26 +91,11 @@ def _check_content(body: dict[str, Any], *, mms_allowed: bool = True) -> tuple[s
     if mms and not mms_allowed:
         raise Refusal(400, "40304", "Invalid combination of content arguments", "This sender can send SMS only.")
     if not mms:
-        parts = sms.segments(text).parts
-        if parts > sms.MAX_PARTS:
+        parts = rules.encode(text).parts
+        if parts > rules.MAX_PARTS:
             raise Refusal(400, "40302", "Message too large",
-                          f"The message was divided into {parts} parts. The maximum is {sms.MAX_PARTS}.")
+                          f"The message was divided into {parts} parts. The maximum is {rules.MAX_PARTS}.")
     return text, media, mms
-
-
-def _check_sender(sender: Any, *kinds: str) -> str:
-    if not sender:
-        raise _missing("from")
-    if not isinstance(sender, str) or sms.sender_kind(sender) not in kinds:
-        raise _bad_from()
-    return sender
-
-
-def _check_profile(body: dict[str, Any]) -> str:
-    profile = body.get("messaging_profile_id")
-    if not profile:
-        raise _missing("messaging_profile_id")
-    return str(profile)
 
 
 def _check_send_at(value: Any, *, required: bool) -> datetime | None:
@@ -119,17 +116,59 @@ def _check_send_at(value: Any, *, required: bool) -> datetime | None:
     return when
 
 
+def _check_outcome(request: Request) -> str | None:
+    outcome = request.headers.get(OUTCOME_HEADER)
+    if outcome is not None and outcome not in OUTCOME_ERRORS:
+        raise Refusal(400, "10015", "Bad Request", f"{OUTCOME_HEADER} must be one of {', '.join(OUTCOME_ERRORS)}.")
+    return outcome
+
+
 class MessageEndpoints:
     """Handlers for ``/v2/messages*``, bound to one simulator."""
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
+        self.numbers = inventory.book(sim)
+
+    # -- who may send ---------------------------------------------------------------------------------
+
+    def _sender(self, body: dict[str, Any], *kinds: str) -> str:
+        """The ``from`` of a send: a number the account owns (unless ``any_sender``), of one of ``kinds``.
+
+        Telnyx answers 40305 for a 'from' that is not "a valid phone number ... associated with the sending
+        messaging profile", which covers both a number of someone else and one of the wrong kind for the
+        endpoint (a toll-free number on ``/long_code``).
+        """
+        sender = body.get("from")
+        if not sender:
+            raise _missing("from")
+        owned = self.numbers.owner(sender) if isinstance(sender, str) else None
+        if owned is None and not self.sim.config.any_sender:
+            raise _bad_from(f"'{sender}' is not a number of this account." if rules.sender_kind(sender) else None)
+        kind = RECORD_KINDS.get(owned[1]["type"], "long_code") if owned else rules.sender_kind(sender)
+        if kind not in kinds:
+            raise _bad_from(f"This endpoint sends from {' or '.join(KIND_NAMES[k] for k in kinds)}; "
+                            f"'{sender}' is {KIND_NAMES.get(kind or '', 'none of these')}.")
+        return str(sender)
+
+    def _profile(self, body: dict[str, Any], *, required: bool) -> str | None:
+        """A named messaging profile must exist (Telnyx does not send from a profile it does not know)."""
+        profile = body.get("messaging_profile_id")
+        if profile in (None, ""):
+            if required:
+                raise _missing("messaging_profile_id")
+            return None
+        if not isinstance(profile, str) or not self.numbers.profile_known(profile):
+            raise Refusal(422, "10005", "Resource not found", f"Messaging profile '{profile}' could not be found.",
+                          "/messaging_profile_id")
+        return profile
 
     # -- what each endpoint requires ------------------------------------------------------------------
 
     def _general(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``/messages`` (and ``/messages/schedule``): the sender's kind picks the rules."""
         if body.get("from"):
-            kind = sms.sender_kind(str(body["from"]))
+            kind = rules.sender_kind(body["from"])
             if kind is None:
                 raise _bad_from()
             return self._by_kind[kind](body)
@@ -137,33 +176,41 @@ class MessageEndpoints:
             return self._number_pool(body)
         raise _missing("from")
 
+    def _phone(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._build(body, self._sender(body, "long_code", "toll_free"), _check_to(body.get("to")))
+
     def _long_code(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._build(body, _check_sender(body.get("from"), "long_code"), _check_to(body.get("to")))
+        return self._build(body, self._sender(body, "long_code"), _check_to(body.get("to")))
 
     def _short_code(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._build(body, _check_sender(body.get("from"), "short_code"), _check_to(body.get("to")))
+        return self._build(body, self._sender(body, "short_code"), _check_to(body.get("to")))
 
     def _number_pool(self, body: dict[str, Any]) -> dict[str, Any]:
-        _check_profile(body)
+        profile = self._profile(body, required=True)
         to = _check_to(body.get("to"))
-        pool = self.sim.config.pool_numbers
-        return self._build(body, pool[hash(to) % len(pool)], to)
+        pool = self.numbers.pool(str(profile))
+        if not pool:
+            raise Refusal(400, "40321", "No usable numbers on messaging profile",
+                          "The messaging profile has no number pool, or no usable number in it.",
+                          "/messaging_profile_id")
+        # Sticky sender: one recipient always hears from the same pool number (crc32: stable across runs).
+        return self._build(body, pool[zlib.crc32(to.encode()) % len(pool)], to)
 
     def _alphanumeric(self, body: dict[str, Any]) -> dict[str, Any]:
         sender = body.get("from")
         if not sender:
             raise _missing("from")
-        if not isinstance(sender, str) or not sms.ALPHANUMERIC.match(sender):
+        if rules.sender_kind(sender) != "alphanumeric":
             raise Refusal(400, "40325", "Invalid alphanumeric sender ID",
                           "Alphanumeric sender IDs are 1-11 letters, digits or spaces, with at least one letter.",
                           "/from")
-        _check_profile(body)
+        self._profile(body, required=True)
         if not body.get("text"):
             raise _missing("text")
         return self._build(body, sender, _check_to(body.get("to")), mms_allowed=False)
 
     def _group_mms(self, body: dict[str, Any]) -> dict[str, Any]:
-        sender = _check_sender(body.get("from"), "long_code")
+        sender = self._sender(body, "long_code")
         recipients = body.get("to")
         if not recipients:
             raise _missing("to")
@@ -173,30 +220,31 @@ class MessageEndpoints:
         return self._build({**body, "type": "MMS"}, sender, *[_check_to(r) for r in recipients])
 
     def _whatsapp(self, body: dict[str, Any]) -> dict[str, Any]:
-        sender = _check_sender(body.get("from"), "long_code")
+        sender = self._sender(body, "long_code", "toll_free")
         to = _check_to(body.get("to"))
         content = body.get("whatsapp_message")
         if not isinstance(content, dict) or content.get("type") not in WHATSAPP_TYPES:
             raise _missing("whatsapp_message")
         text = (content.get("text") or {}).get("body") if content["type"] == "text" else None
         payload = self._build({**body, "text": text or content["type"], "media_urls": []}, sender, to)
-        payload.update({"type": "WHATSAPP", "encoding": "UTF-8", "body": content, "parts": 1})
+        payload.update({"type": "WHATSAPP", "encoding": "UTF-8", "body": _whatsapp_body(content), "parts": 1})
         return payload
 
     @property
     def _by_kind(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        return {"long_code": self._long_code, "short_code": self._short_code, "alphanumeric": self._alphanumeric}
+        return {"long_code": self._phone, "toll_free": self._phone, "short_code": self._short_code,
+                "alphanumeric": self._alphanumeric}
 
     # -- building and lifecycle -----------------------------------------------------------------------
 
     def _build(self, body: dict[str, Any], sender: str, *recipients: str, mms_allowed: bool = True) -> dict[str, Any]:
         text, media, mms = _check_content(body, mms_allowed=mms_allowed)
-        profile = body.get("messaging_profile_id") or self.sim.config.profile_id
+        profile = self._profile(body, required=False) or self._profile_of(sender)
         for to in recipients:
             if self.sim.optouts.blocks(sender, to, profile):
                 raise Refusal(409, "40300", "Blocked due to STOP message",
                               f"Messages cannot be sent from '{sender}' to '{to}' due to an existing block rule.")
-        counted = sms.segments(text)
+        counted = rules.encode(text)
         parts = 1 if mms else counted.parts
         now = datetime.now(UTC)
         cost = f"{COST_PER_PART * parts * len(recipients):.4f}"
@@ -221,14 +269,20 @@ class MessageEndpoints:
             "webhook_failover_url": body.get("webhook_failover_url") or self.sim.config.webhook_failover_url,
         }
 
+    def _profile_of(self, sender: str) -> str:
+        """The profile a send without ``messaging_profile_id`` goes out on: its number's, else the default."""
+        owned = self.numbers.owner(sender)
+        return (owned[1].get("messaging_profile_id") if owned else None) or self.sim.config.profile_id
+
     def accept(self, body: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]],
-               idempotency_key: str | None, send_at: datetime | None, endpoint: str = "") -> dict[str, Any]:
+               idempotency_key: str | None, send_at: datetime | None, endpoint: str = "",
+               outcome: str | None = None) -> dict[str, Any]:
         payload = build(body)
         now = self.sim.elapsed()
         # Before anything is recorded: a full sender queue refuses the message (429 / 40318).
         wait = 0.0 if send_at is not None else self.sim.throughput.admit(payload, now)
         message = SimMessage(payload=payload, request=body, idempotency_key=idempotency_key, endpoint=endpoint,
-                             outcomes=[self.sim.pick_outcome() for _ in payload["to"]], send_at=send_at)
+                             outcomes=[outcome or self.sim.pick_outcome() for _ in payload["to"]], send_at=send_at)
         if send_at is not None:
             payload["send_at"] = send_at.isoformat()
             for recipient in payload["to"]:
@@ -253,6 +307,8 @@ class MessageEndpoints:
         payload["valid_until"] = None
         for recipient, outcome in zip(payload["to"], message.outcomes, strict=True):
             recipient["status"] = outcome
+        # The message keeps its delivery errors, as GET /v2/messages/{id} shows them after a failure.
+        payload["errors"] = [copy.deepcopy(e) for e in map(OUTCOME_ERRORS.get, message.outcomes) if e]
         for recipient, outcome in zip(payload["to"], message.outcomes, strict=True):
             # One message.finalized per recipient, as Telnyx does for group MMS.
             snapshot = {**copy.deepcopy(payload), "to": [copy.deepcopy(recipient)],
@@ -268,17 +324,19 @@ class MessageEndpoints:
                 require_auth(request, self.sim.config.api_key)
                 body = await json_object(request)
                 send_at = _check_send_at(body.get("send_at"), required=schedule)
-                return await self._answer(request, body, build, send_at)
+                return await self._answer(request, body, build, send_at, _check_outcome(request))
             except Refusal as refusal:
                 return refusal.response()
         return endpoint
 
     async def _answer(self, request: Request, body: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]],
-                      send_at: datetime | None) -> Response:
+                      send_at: datetime | None, outcome: str | None) -> Response:
+        path = request.url.path
         key = request.headers.get("idempotency-key")
         if key is None:
-            return JSONResponse({"data": self.accept(body, build, None, send_at, request.url.path)})
-        seen = self.sim.state.begin(key, body)
+            return JSONResponse({"data": self.accept(body, build, None, send_at, path, outcome)})
+        scope = (request.method, path, key)
+        seen = self.sim.state.begin(scope, await request.body())
         if isinstance(seen, Replay):
             status, content = seen.response  # type: ignore[misc]
             return JSONResponse(content, status_code=status, headers={"Idempotent-Replayed": "true"})
@@ -289,17 +347,21 @@ class MessageEndpoints:
             raise Refusal(422, "10037", "Idempotency-Key reused",
                           "This Idempotency-Key was already used with a different request body.")
         try:
-            content = {"data": self.accept(body, build, key, send_at, request.url.path)}
+            content = {"data": self.accept(body, build, key, send_at, path, outcome)}
         except Refusal:
-            self.sim.state.finish(key, None)
+            self.sim.state.finish(scope, None)
             raise
-        self.sim.state.finish(key, content)
+        self.sim.state.finish(scope, content)
         return JSONResponse(content)
 
     async def retrieve(self, request: Request) -> Response:
+        """Outbound and inbound messages alike (the spec's oneOf, told apart by ``direction``)."""
         try:
             require_auth(request, self.sim.config.api_key)
-            return JSONResponse({"data": self._find(request.path_params["id"]).payload})
+            payload = self.sim.state.payload(request.path_params["id"])
+            if payload is None:
+                raise _not_found()
+            return JSONResponse({"data": payload})
         except Refusal as refusal:
             return refusal.response()
 
@@ -330,7 +392,7 @@ class MessageEndpoints:
     def _find(self, message_id: str) -> SimMessage:
         message = self.sim.state.get(message_id)
         if message is None:
-            raise Refusal(404, "10005", "Resource not found", "The requested message does not exist.")
+            raise _not_found()
         return message
 
     def routes(self) -> list[Route]:
@@ -347,6 +409,23 @@ class MessageEndpoints:
             Route("/v2/messages/{id}", self.retrieve, methods=["GET"]),
             Route("/v2/messages/{id}", self.cancel, methods=["DELETE"]),
         ]
+
+
+def _whatsapp_body(content: dict[str, Any]) -> dict[str, Any]:
+    """The answer's ``body``: the content of the message's one ``type`` (a request may carry objects of other
+    types; they are not sent), in the spec's response shape, where a contact's ``name`` is a string."""
+    kind = content["type"]
+    body = {"type": kind, kind: copy.deepcopy(content.get(kind))}
+    if kind == "contacts" and isinstance(body[kind], list):
+        for contact in body[kind]:
+            name = contact.get("name") if isinstance(contact, dict) else None
+            if isinstance(name, dict):
+                contact["name"] = name.get("formatted_name")
+    return body
+
+
+def _not_found() -> Refusal:
+    return Refusal(404, "10005", "Resource not found", "The requested message does not exist.")
 
 
 def _single(refusal: Refusal) -> JSONResponse:

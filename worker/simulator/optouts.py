@@ -119,6 +119,7 @@ def routes(sim: Simulator) -> list[Route]:
             "webhook_url": body.get("webhook_url") or sim.config.webhook_url,
             "webhook_failover_url": sim.config.webhook_failover_url,
         }
+        sim.state.add_inbound(payload)
         sim.spawn(sim.emit_inbound(payload))
         return JSONResponse({"data": payload, "keyword": acted})
 

@@ -20,20 +20,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker import sms
-from worker.simulator import inventory, usage
+from worker.simulator import inventory, rules, usage
 from worker.simulator.http import json_object, paged
-from worker.simulator.messages import ORGANIZATION_ID
 from worker.simulator.numbers import QueryRefusal, guarded, invalid, missing, not_found, profile_value
-from worker.simulator.state import now_iso
+from worker.simulator.state import ORGANIZATION_ID, now_iso
 
 if TYPE_CHECKING:
     from worker.simulator.app import Simulator
 
 SECOND_PROFILE_ID = "7d1b0fd5-3a3f-4a3b-9f44-2d6a1c5e2b10"
 SEEDED_SENDER = "SENDQ"
-#: Telnyx's rule for an alphanumeric sender ID: 1-11 letters, digits or spaces, at least one letter.
-ALPHA_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 AUTORESP_OPS = ("start", "stop", "info")
 
@@ -85,6 +81,12 @@ class ProfileBook:
     def exists(self, profile_id: str) -> bool:
         with self._lock:
             return profile_id in self.profiles
+
+    def pool_settings(self, profile_id: str) -> dict[str, Any] | None:
+        """The profile's ``number_pool_settings``; None for an unknown profile or one without a pool."""
+        with self._lock:
+            found = self.profiles.get(profile_id)
+            return copy.deepcopy(found["number_pool_settings"]) if found else None
 
     def profile(self, profile_id: str) -> dict[str, Any]:
         with self._lock:
@@ -160,12 +162,12 @@ def sender_body(body: dict[str, Any], profiles: ProfileBook) -> dict[str, Any]:
         if body.get(field) in (None, ""):
             raise missing(field)
     sender = body["alphanumeric_sender_id"]
-    if not isinstance(sender, str) or not ALPHA_SENDER.match(sender):
+    if not isinstance(sender, str) or not rules.ALPHANUMERIC.match(sender):
         raise invalid("alphanumeric_sender_id", "An alphanumeric sender ID is 1-11 letters, digits or spaces, "
                                                 "with at least one letter.")
     profile_value(body["messaging_profile_id"], profiles.exists)
     fallback = body.get("us_long_code_fallback")
-    if fallback is not None and not (isinstance(fallback, str) and sms.is_e164(fallback)):
+    if fallback is not None and not (isinstance(fallback, str) and rules.sender_kind(fallback) == "long_code"):
         raise invalid("us_long_code_fallback", "us_long_code_fallback must be a +E.164 US long code.", "10016")
     return body
 
@@ -217,7 +219,9 @@ class ProfileEndpoints:
         self.sim = sim
         self.profiles = ProfileBook(sim)
         sim.on_reset(self.profiles.reset)
-        inventory.book(sim).profile_known = self.profiles.exists
+        numbers = inventory.book(sim)
+        numbers.profile_known = self.profiles.exists
+        numbers.pool_settings = self.profiles.pool_settings
 
     async def list_senders(self, request: Request) -> Response:
         wanted = request.query_params.get("filter[messaging_profile_id]")

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker import sms
+from worker.simulator import rules
 from worker.simulator.http import Refusal, config_from_json, telnyx_error
 
 if TYPE_CHECKING:
@@ -38,9 +38,7 @@ QUEUE_HORIZON_S = 14_400.0
 
 def sender_type(sender: str) -> str:
     """Which of :data:`SENDER_TYPES` meters ``sender``."""
-    if sms.is_toll_free(sender):
-        return "toll_free"
-    return sms.sender_kind(sender) or "long_code"
+    return rules.sender_kind(sender) or "long_code"
 
 
 @dataclass

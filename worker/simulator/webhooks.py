@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from worker.signature import Signer
+from worker.simulator.signing import WebhookSigner
 from worker.simulator.state import now_iso
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class WebhookSender:
     webhooks per message the simulator took more CPU than the sendq processes it was standing in for.
     """
 
-    def __init__(self, http: aiohttp.ClientSession, signer: Signer, *, retry_base_s: float,
+    def __init__(self, http: aiohttp.ClientSession, signer: WebhookSigner, *, retry_base_s: float,
                  concurrency: int = MAX_CONCURRENT_DELIVERIES) -> None:
         self.http = http
         self.signer = signer
