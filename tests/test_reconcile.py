@@ -61,7 +61,9 @@ def reconciler(stack, **settings: Any) -> Reconciler:
 
 # -- stuck sends ----------------------------------------------------------------------------------------------
 
-def test_a_stuck_send_is_retried_with_the_same_key_and_delivered_exactly_once(stack):
+def test_a_stuck_send_is_retried_with_the_same_key_and_delivered_exactly_once(stack, scheduler):
+    # The scheduler runs as in production: the first attempt's webhooks, parked while its Telnyx id was unknown,
+    # can commit just after the retry looked for them, and then its parked sweep applies them.
     message_id = stuck_after_an_ambiguous_send(stack, "stuck")
 
     assert reconciler(stack).stuck_sending() == 1
