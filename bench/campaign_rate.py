@@ -54,7 +54,8 @@ from harness import Processes, SimulatorProcess, fresh_settings
 
 from producers.campaign import CampaignOptions
 from producers.producer import Producer
-from worker.campaigns import ACTIVE, COMPLETED, RATE_WINDOW_S, WINDOW_S, Campaigns
+from worker.campaigns.pacing import WINDOW_S
+from worker.campaigns.store import ACTIVE, COMPLETED, RATE_WINDOW_S, Campaigns
 from worker.settings import Settings
 from worker.simulator.throughput import max_in_window
 

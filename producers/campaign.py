@@ -22,7 +22,8 @@ from typing import IO, Any
 
 from producers.validation import CONTROL, SendRequest, check_control, resolve_kind, validate
 from worker import sms
-from worker.campaigns import Campaigns, RowError, Template, check_row
+from worker.campaigns.rows import RowError, Template, check_row
+from worker.campaigns.store import Campaigns
 from worker.errors import ValidationError
 
 BATCH = 5000

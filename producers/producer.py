@@ -15,7 +15,9 @@ from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
 from worker.bulk_updates import BulkUpdates, check_request
-from worker.campaigns import RUNNING, Campaigns, RowError, check_control, progress
+from worker.campaigns import control
+from worker.campaigns.rows import RowError
+from worker.campaigns.store import RUNNING, Campaigns
 from worker.dependencies import raising_outages, unavailable
 from worker.embedded import EmbeddedRedis, resolve_redis
 from worker.errors import ConflictError, DependencyUnavailable, TelnyxRefused, ValidationError
@@ -221,40 +223,25 @@ class Producer:
     @raising_outages
     def campaign_status(self, campaign_id: str) -> dict[str, Any]:
         """Progress of a campaign: messages by status, recent send rate and ETA at the current limits."""
-        book = Campaigns(self.store.engine, self.store.reader)
-        return progress(book, book.get(campaign_id), Limiter.from_settings(self.actors.broker.client, self.settings))
+        return control.record(self.store, campaign_id, self._limiter())
 
     @raising_outages
     def pause_campaign(self, campaign_id: str) -> dict[str, Any]:
         """Stop a campaign's sends; a message already handed to a worker's send finishes. Returns its status."""
-        book = Campaigns(self.store.engine, self.store.reader)
-        check_control(book.get(campaign_id), "pause")
-        book.pause(campaign_id)
+        control.pause(self.store, campaign_id)
         return self.campaign_status(campaign_id)
 
     @raising_outages
     def resume_campaign(self, campaign_id: str) -> dict[str, Any]:
         """Continue a paused campaign where it stopped."""
-        book = Campaigns(self.store.engine, self.store.reader)
-        check_control(book.get(campaign_id), "resume")
-        jobs = []
-        for message_id in book.resume(campaign_id):
-            generation = self.store.next_job(message_id, after=None, due_at=utcnow())
-            if generation is not None:
-                jobs.append((message_id, "bulk", generation, None))
-        # A failed enqueue leaves the rest recorded as waiting for theirs: the scheduler sends them once Redis is up.
-        self.actors.enqueue_owned(self.store, jobs)
-        if book.get(campaign_id)["status"] == RUNNING:
-            self.actors.enqueue_expander(campaign_id)
+        self.actors.enqueue_campaign_work(self.store, campaign_id, control.resume(self.store, campaign_id))
         return self.campaign_status(campaign_id)
 
     @raising_outages
     def cancel_campaign(self, campaign_id: str) -> dict[str, Any]:
         """Finalize a campaign: whatever is not yet handed to Telnyx ends ``cancelled``."""
-        book = Campaigns(self.store.engine, self.store.reader)
-        check_control(book.get(campaign_id), "cancel")
-        finished_here = book.cancel(campaign_id)
-        record = self.campaign_status(campaign_id)
-        if finished_here:
-            Hooks.from_settings(self.settings, self.actors.broker).campaign_finished(record)
-        return record
+        return control.cancel(self.store, campaign_id, self._limiter(),
+                              Hooks.from_settings(self.settings, self.actors.broker))
+
+    def _limiter(self) -> Limiter:
+        return Limiter.from_settings(self.actors.broker.client, self.settings)

@@ -10,7 +10,7 @@ import time
 import sqlalchemy as sa
 
 from worker import statuses
-from worker.campaigns import CANCELLED, COMPLETED, PAUSED, Campaigns
+from worker.campaigns.store import CANCELLED, COMPLETED, PAUSED, Campaigns
 from worker.store import COUNTS_BACKFILLED, Store, campaign_counts, messages, sync_state
 from worker.suppressions import Suppressions
 

@@ -17,7 +17,8 @@ import pytest
 
 from producers.campaign import CampaignOptions
 from worker import statuses
-from worker.campaigns import CANCELLED, COMPLETED, PAUSED, RUNNING, Template, message_id
+from worker.campaigns.rows import Template
+from worker.campaigns.store import CANCELLED, COMPLETED, PAUSED, RUNNING, message_id
 from worker.errors import ConflictError, ValidationError
 
 SENDER = "+13125550001"

@@ -30,7 +30,7 @@ from producers.producer import Producer
 from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
-from worker.campaigns import Campaigns
+from worker.campaigns.store import Campaigns
 from worker.events import apply_events, apply_parked_known
 from worker.inbound import Inbound
 from worker.scheduler import Scheduler

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.common import q_name
@@ -19,13 +19,16 @@ from dramatiq.middleware import CurrentMessage
 from worker import metrics
 from worker.broker import DEFAULT, EVENTS, PRIORITY_FOR_QUEUE, QUEUE_FOR_PRIORITY
 from worker.bulk_updates import run_bulk_update
-from worker.campaigns import expand_campaign
+from worker.campaigns.expander import expand_campaign
 from worker.dependencies import unavailable
 from worker.errors import ConfigurationError, NotFoundError, StoreUnavailable
 from worker.events import apply_event, apply_events
 from worker.sending import Defer, send_one
 from worker.services import Services
 from worker.store import Store, utcnow
+
+if TYPE_CHECKING:
+    from worker.campaigns.control import Work
 
 
 class Actors:
@@ -112,6 +115,14 @@ class Actors:
     def enqueue_expander(self, campaign_id: str, *, delay_ms: int | None = None) -> None:
         self.expand_campaign.send_with_options(args=(campaign_id,), delay=delay_ms)
 
+    def enqueue_campaign_work(self, store: Store, campaign_id: str, work: Work) -> None:
+        """Enqueue what an expander tick or a resume left (:class:`~worker.campaigns.control.Work`): the send
+        jobs first, through :meth:`enqueue_owned` (a failed enqueue leaves them to the scheduler and raises, so no
+        tick is enqueued either), then the expander's next tick."""
+        self.enqueue_owned(store, work.sends)
+        if work.expand_in_s is not None:
+            self.enqueue_expander(campaign_id, delay_ms=int(work.expand_in_s * 1000) or None)
+
     # Actors return None: outcomes live in the store and the metrics, not in a result backend.
 
     def _send_message(self, message_id: str, generation: int | None = None) -> None:
@@ -140,6 +151,4 @@ class Actors:
             self.enqueue_bulk_update(bulk_id, delay_ms=int(delay * 1000) or None)
 
     def _expand_campaign(self, campaign_id: str) -> None:
-        delay = expand_campaign(self.services, self, campaign_id)
-        if delay is not None:
-            self.enqueue_expander(campaign_id, delay_ms=int(delay * 1000) or None)
+        self.enqueue_campaign_work(self.services.store, campaign_id, expand_campaign(self.services, campaign_id))

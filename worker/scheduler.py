@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 
 from worker.actors import Actors
 from worker.bulk_updates import BulkUpdates
-from worker.campaigns import Campaigns
+from worker.campaigns.store import Campaigns
 from worker.dependencies import Dependencies, unavailable
 from worker.events import apply_parked_known
 from worker.hooks import Hooks

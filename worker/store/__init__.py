@@ -2,8 +2,9 @@
 
 SQLite by default, PostgreSQL through psycopg 3 in production. A message row is written before its job is
 enqueued (a transactional outbox): a job lost in Redis is found again from here, and a duplicate job finds the
-row already claimed. The parts, a file each: :mod:`~worker.store.schema` (tables, triggers, :func:`migrate`),
-:mod:`~worker.store.engine` (connections), :mod:`~worker.store.messages` (a message's statuses) and
+row already claimed. The parts, a file each: :mod:`~worker.store.schema` (tables), :mod:`~worker.store.triggers`
+(a message's history and its campaign's counts, kept by the database), :mod:`~worker.store.migration`
+(:func:`migrate`), :mod:`~worker.store.engine` (connections), :mod:`~worker.store.messages` (a message's statuses) and
 :mod:`~worker.store.events` (Telnyx events). Campaigns, suppressions, inbound messages and bulk updates keep
 their repositories beside their logic (:mod:`worker.campaigns`, :mod:`worker.suppressions`, ...), on the
 tables defined here.
@@ -17,8 +18,8 @@ from sqlalchemy.engine import Engine
 from worker.store.engine import create_engine, insert_ignoring, insert_new, lock_names
 from worker.store.events import EventRecords, FoldedMessage
 from worker.store.messages import CONDITIONS, ENQUEUE_PENDING, MessageRecords, NewMessage
+from worker.store.migration import migrate
 from worker.store.schema import (
-    COUNTS_BACKFILLED,
     bulk_updates,
     campaign_counts,
     campaign_recipients,
@@ -29,12 +30,12 @@ from worker.store.schema import (
     link_clicks,
     messages,
     metadata,
-    migrate,
     new_id,
     suppressions,
     sync_state,
     utcnow,
 )
+from worker.store.triggers import COUNTS_BACKFILLED
 
 __all__ = [
     "CONDITIONS", "COUNTS_BACKFILLED", "ENQUEUE_PENDING", "FoldedMessage", "NewMessage", "Store", "bulk_updates",
@@ -61,7 +62,7 @@ class Store(MessageRecords, EventRecords):
         return cls(create_engine(url), create_engine(url, isolation_level="AUTOCOMMIT"))
 
     def migrate(self) -> Store:
-        """Bring the schema up to date (:func:`worker.store.schema.migrate`); returns the store."""
+        """Bring the schema up to date (:func:`worker.store.migration.migrate`); returns the store."""
         migrate(self.engine)
         return self
 

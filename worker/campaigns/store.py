@@ -1,58 +1,25 @@
-"""Campaigns: one template to many recipients, stored in batches and expanded into messages at the senders' pace.
-
-A campaign is a row in ``campaigns`` and its recipients are rows in ``campaign_recipients``, each validated and
-rendered once, while the producer streams them in (duplicates fall to a unique key). Nothing else happens at
-creation: an expander job (:func:`expand_campaign`) turns recipients into ``messages`` rows and jobs a page at
-a time, keeping each campaign's backlog of ``queued`` messages near a window of a few seconds of its senders'
-rate. That keeps Redis small for a million recipients and shares a sender fairly: campaigns on the same
-sender each keep the same window in one FIFO queue, so each gets an equal part of its rate, and urgent
-messages (another queue, the limiter's urgent share) still go first.
-
-Message ids are derived from (campaign, recipient), so an expander that runs twice for the same page inserts
-nothing twice. Pausing takes the queued messages away from their jobs (the job number moves on, so a job that
-wakes up cannot claim them); resuming hands them to new jobs and restarts the expander where it stopped.
-Cancelling finalizes every message not yet handed to Telnyx as ``cancelled``; recipients never expanded are
-counted as cancelled too.
-"""
+"""A campaign in the store: its statuses, and every statement on ``campaigns`` and ``campaign_recipients``
+(creation, ingestion, the expander's lease and pages, pause, resume, cancel, the counters' reads)."""
 
 from __future__ import annotations
 
-import logging
-import math
-import string
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker import sms, statuses
+from worker import statuses
 from worker.broker import JOB_TIME_LIMIT_MS
-from worker.errors import ConflictError, NotFoundError, ValidationError
-from worker.limits import keys_for
+from worker.errors import NotFoundError
 from worker.store import campaign_counts, campaign_recipients, campaigns, history, messages, new_id, utcnow
 from worker.suppressions import Suppressions
-
-if TYPE_CHECKING:
-    from worker.actors import Actors
-    from worker.limiter import Limiter
-    from worker.services import Services
-
-log = logging.getLogger(__name__)
 
 SCHEDULED, RUNNING, PAUSED, CANCELLED, COMPLETED = "scheduled", "running", "paused", "cancelled", "completed"
 ACTIVE = (SCHEDULED, RUNNING)
 FINAL = (CANCELLED, COMPLETED)
-#: Seconds of the senders' rate each campaign keeps queued: enough to keep them busy between expander ticks.
-WINDOW_S = 3.0
-MIN_WINDOW = 20
-MAX_PAGE = 2000
-TICK_S = 0.5
-#: Between ticks once every recipient has its message and only webhooks are awaited.
-DRAIN_TICK_S = 2.0
 LEASE_S = JOB_TIME_LIMIT_MS / 1000
 EARLY_S = 0.5
 #: A paused campaign's queued messages are due at no time: the scheduler must not take them for lost.
@@ -69,68 +36,6 @@ _COUNTS = (sa.select(campaign_counts.c.status, sa.func.sum(campaign_counts.c.n))
 def message_id(campaign_id: str, seq: int) -> str:
     """The id of a recipient's message: the same for every expander that creates it."""
     return str(uuid.uuid5(_IDS, f"{campaign_id}:{seq}"))
-
-
-class Template:
-    """A message template with ``{name}`` fields, filled from each recipient's columns.
-
-    Only plain names are allowed: ``{0}``, ``{a.b}``, ``{a[0]}`` and format specs would let a CSV reach into
-    Python objects or fail in ways a row error cannot name.
-    """
-
-    def __init__(self, text: str) -> None:
-        if not isinstance(text, str) or not text.strip():
-            raise ValidationError("template", "a campaign needs a template text")
-        self.text = text
-        self.fields: list[str] = []
-        try:
-            parsed = list(string.Formatter().parse(text))
-        except ValueError as exc:
-            raise ValidationError("template", f"not a valid template: {exc} (write {{{{ and }}}} for braces)") \
-                from None
-        for _, name, spec, conversion in parsed:
-            if name is None:
-                continue
-            if not name.isidentifier() or spec or conversion:
-                raise ValidationError("template", f"fields are plain names like {{first_name}} (got {{{name}}})")
-            self.fields.append(name)
-
-    def render(self, values: Mapping[str, Any]) -> str:
-        """The text for one recipient; raises KeyError naming the first missing (or empty) variable."""
-        found = {}
-        for name in self.fields:
-            value = values.get(name)
-            if value is None or value == "":
-                raise KeyError(name)
-            found[name] = value
-        return self.text.format_map(found)
-
-
-@dataclass(frozen=True)
-class RowError:
-    line: int
-    phone: str
-    field: str
-    error: str
-
-
-def check_row(template: Template, row: Mapping[str, Any], *, phone_column: str, has_media: bool,
-              line: int) -> tuple[str, str] | RowError:
-    """``(phone, text)`` of a good row, or what is wrong with it."""
-    phone = str(row.get(phone_column) or "").strip()
-    if not sms.is_e164(phone):
-        return RowError(line, phone, phone_column, f"not an E.164 number like +13125550123 ({phone!r})")
-    try:
-        text = template.render(row)
-    except KeyError as exc:
-        return RowError(line, phone, "template", f"no value for {{{exc.args[0]}}}")
-    if not text.strip() and not has_media:
-        return RowError(line, phone, "template", "renders to an empty message")
-    # 330 characters fit 10 parts in any encoding: only longer texts need counting.
-    if len(text) > 330 and not has_media and sms.segments(text).parts > sms.MAX_PARTS:
-        return RowError(line, phone, "template", f"renders to {sms.segments(text).parts} SMS parts; "
-                                                 f"Telnyx allows {sms.MAX_PARTS}")
-    return phone, text
 
 
 def _insert_ignoring_duplicates(conn: Connection, table: sa.Table, rows: list[dict[str, Any]],
@@ -408,105 +313,3 @@ class Campaigns:
         with self.engine.begin() as conn:
             conn.execute(campaigns.update().where(campaigns.c.id == campaign["id"])
                          .values(credit=max(0.0, credit - created), credit_at=utcnow()))
-
-
-def senders_rate(limiter: Limiter | None, campaign: Mapping[str, Any]) -> float | None:
-    """Messages per second the campaign's senders allow together (None without a limiter: unbounded)."""
-    if limiter is None:
-        return None
-    mms = bool(campaign["body"].get("media_urls"))
-    total, account = 0.0, math.inf
-    for sender in campaign["senders"] or [None]:
-        keys = keys_for(campaign["kind"], sender, campaign["messaging_profile_id"], mms=mms)
-        if keys is None:
-            return None  # WhatsApp is not metered here
-        sender_rate, account_rate = limiter.rates(keys)
-        total += sender_rate.mps
-        account = account_rate.mps
-    return min(total, account)
-
-
-def effective_rate(limiter: Limiter | None, campaign: Mapping[str, Any]) -> float | None:
-    """The campaign's pace at the current limits: its senders' rate, or its cap if lower."""
-    rate = senders_rate(limiter, campaign)
-    cap = campaign["rate_cap"]
-    if cap is not None:
-        rate = cap if rate is None else min(rate, cap)
-    return rate
-
-
-def plan_page(campaign: Mapping[str, Any], rate: float | None, outstanding: int) -> tuple[int, float]:
-    """How many messages to create now, and the rate cap's credit left before creating them."""
-    window = MIN_WINDOW if rate is None else max(MIN_WINDOW, math.ceil(rate * WINDOW_S))
-    count = min(MAX_PAGE, window - outstanding)
-    credit = math.inf
-    if campaign["rate_cap"] is not None:
-        elapsed = (utcnow() - (campaign["credit_at"] or utcnow())).total_seconds()
-        # The bucket holds at most a window's worth, so a pause or a slow tick does not turn into a burst.
-        credit = min(campaign["credit"] + campaign["rate_cap"] * max(0.0, elapsed),
-                     max(1.0, campaign["rate_cap"] * WINDOW_S))
-        count = min(count, int(credit))
-    return max(0, count), credit
-
-
-def expand_campaign(services: Services, actors: Actors, campaign_id: str) -> float | None:
-    """One tick of a campaign's expander; returns the delay until the next tick, or None when it is done."""
-    book = Campaigns(services.store.engine, services.store.reader)
-    campaign = book.claim(campaign_id)
-    if campaign is None:
-        return None  # not running (paused, cancelled, completed), or another expander job holds it
-    rate = effective_rate(services.limiter, campaign)
-    count, credit = plan_page(campaign, rate, book.outstanding(campaign_id))
-    taken, created = book.expand(campaign, count) if count else (0, [])
-    actors.enqueue_owned(services.store, [(created_id, "bulk", 0, None) for created_id in created])
-    if campaign["rate_cap"] is not None and count:
-        book.spend_credit(campaign, len(created), credit)
-    everything_expanded = campaign["ingested"] and campaign["expanded"] + taken >= campaign["recipients"]
-    if everything_expanded and book.unfinished(campaign_id) == 0:
-        if book.complete(campaign_id):
-            log.info("campaign %s completed", campaign_id)
-            services.hooks.campaign_finished(progress(book, book.get(campaign_id), services.limiter))
-        return None
-    delay = DRAIN_TICK_S if everything_expanded else TICK_S
-    book.release(campaign_id, delay)
-    return delay
-
-
-def progress(book: Campaigns, campaign: Mapping[str, Any], limiter: Limiter | None) -> dict[str, Any]:
-    """A campaign's record as ``sendq campaign status`` shows it.
-
-    ``messages`` counts by status; ``not_created`` are recipients the expander has not reached yet (counted as
-    ``cancelled`` once the campaign is). ``eta_s`` is the time the rest takes at the current limits.
-    """
-    counts = book.counts(campaign["id"])
-    not_created = max(0, campaign["recipients"] - campaign["expanded"])
-    if campaign["status"] == CANCELLED and not_created:
-        counts[statuses.CANCELLED] = counts.get(statuses.CANCELLED, 0) + not_created
-        not_created = 0
-    final = sum(n for status, n in counts.items() if statuses.is_final(status))
-    to_send = not_created + sum(counts.get(s, 0) for s in (statuses.QUEUED, statuses.SENDING))
-    rate = effective_rate(limiter, campaign)
-    eta = to_send / rate if rate and campaign["status"] in ACTIVE else None
-    return {
-        "id": campaign["id"], "name": campaign["name"], "status": campaign["status"],
-        "rows_read": campaign["rows_read"], "rows_invalid": campaign["rows_invalid"],
-        "duplicates": campaign["duplicates"], "recipients": campaign["recipients"],
-        "ingested": campaign["ingested"], "not_created": not_created, "messages": dict(sorted(counts.items())),
-        "final": final, "to_send": to_send,
-        "send_rate": round(book.recent_rate(campaign["id"]), 2), "limit_rate": rate,
-        "eta_s": round(eta, 1) if eta is not None else None, "rate_cap": campaign["rate_cap"],
-        "send_at": _iso(campaign["send_at"]), "created_at": _iso(campaign["created_at"]),
-        "completed_at": _iso(campaign["completed_at"]),
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def check_control(campaign: Mapping[str, Any], action: str) -> None:
-    """Refuse a control action that cannot apply to the campaign's status, naming it."""
-    allowed = {"pause": ACTIVE, "resume": (PAUSED,), "cancel": (*ACTIVE, PAUSED)}[action]
-    if campaign["status"] not in allowed:
-        raise ConflictError(f"campaign {campaign['id']} is {campaign['status']}: cannot {action} it",
-                            status=campaign["status"])
