@@ -53,7 +53,7 @@ def test_only_settings_reads_the_environment():
 
 def test_procfile_names_real_commands_and_queues():
     from producers.cli import build_parser
-    from worker.broker import QUEUES
+    from worker.queues import QUEUES
 
     commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     for line in (ROOT / "Procfile").read_text().splitlines():

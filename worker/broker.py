@@ -17,14 +17,8 @@ from dramatiq.middleware import (
 )
 
 from worker.dependencies import Dependencies, unavailable
+from worker.queues import QUEUES
 from worker.settings import Settings
-
-URGENT, DEFAULT, BULK, EVENTS = "urgent", "default", "bulk", "events"
-#: Every queue sendq consumes. Urgent traffic (2FA) has its own queue so a campaign never delays it;
-#: webhook events have theirs so finalization never waits behind sends.
-QUEUES = (URGENT, DEFAULT, BULK, EVENTS)
-QUEUE_FOR_PRIORITY = {"urgent": URGENT, "normal": DEFAULT, "bulk": BULK}
-PRIORITY_FOR_QUEUE = {queue: priority for priority, queue in QUEUE_FOR_PRIORITY.items()}
 
 #: A job that runs longer than this is stopped (a hung socket, a stuck database): sends retry safely.
 JOB_TIME_LIMIT_MS = 120_000

@@ -32,9 +32,9 @@ from dramatiq.common import q_name
 from dramatiq.message import Message
 
 from worker import statuses
-from worker.broker import QUEUES
 from worker.bulk_updates import ACTIVE, BulkUpdates
 from worker.errors import NotFoundError, StoreUnavailable
+from worker.queues import QUEUES
 from worker.store import Store, utcnow
 
 SEND, BULK, EVENT, EVENTS = "send_message", "bulk_update", "apply_event", "apply_events"

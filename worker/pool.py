@@ -24,10 +24,11 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from worker import job_logs
 from worker.actors import Actors
-from worker.broker import QUEUES, build_broker
+from worker.broker import build_broker
 from worker.dependencies import Dependencies
 from worker.logs import configure_logging, secrets_of
 from worker.ops_server import MultiprocessDir, OpsServer
+from worker.queues import QUEUES
 from worker.services import Services
 from worker.settings import Settings
 from worker.store import Store
