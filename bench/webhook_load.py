@@ -341,7 +341,7 @@ def reference_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     app = ReferenceApp(os.environ["TELNYX_PUBLIC_KEY"], os.environ["REDIS_URL"], os.environ["REFERENCE_PREFIX"],
                         Settings().webhook_dedupe_ttl_s)
-    # The options of ``sendq web`` (producers/cli.py): everything else is uvicorn's default.
+    # The options of ``sendq web`` (worker/processes/web.py): everything else is uvicorn's default.
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", log_config=None)
 
 

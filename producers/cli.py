@@ -1,6 +1,7 @@
 """The ``sendq`` console script.
 
-Every command builds its settings and clients here, at the edge, and passes them down. With ``--json``
+Every command reads the settings here, at the edge, and passes them down: a one-shot command builds its clients
+here, a long-running process is built from them in :mod:`worker.processes`. With ``--json``
 stdout carries exactly one JSON object. Errors go to stderr as one line; the exit code is 2 for bad
 input, 1 for any other failure, 0 for success.
 """
@@ -8,17 +9,13 @@ input, 1 for any other failure, 0 for success.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from producers.output import emit
 from worker.errors import NotFoundError, SendqError, ValidationError
-
-log = logging.getLogger("sendq")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_WEB_PORT = 8080
@@ -82,115 +79,30 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- processes ----------------------------------------------------------------------------------------
+# -- processes, each built from the settings in worker/processes/ -------------------------------------
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.broker import QUEUES
-    from worker.dependencies import Dependencies
-    from worker.embedded import resolve_redis
-    from worker.pool import Pool
-    from worker.services import Services
+    from worker.processes.worker import run_worker
+    from worker.queues import QUEUES
 
     queues = args.queues.split(",") if args.queues else list(QUEUES)
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown:
         raise ValidationError("--queues", f"unknown queue(s) {', '.join(map(repr, unknown))}; known: "
                                           f"{', '.join(QUEUES)}")
-    settings, embedded = resolve_redis(_settings())
-    # Fail here, with the reason, rather than in every child; the children find the schema up to date. Started
-    # during an outage, wait for the store (logged once) rather than exit.
-    services = Services.build(settings)
-    Dependencies.of(store=services.store.ping).wait_at_start()
-    services.store.migrate()
-    services.close()
-    try:
-        return Pool(settings, processes=args.processes, threads=args.threads, queues=queues).run()
-    finally:
-        if embedded:
-            embedded.close()
+    return run_worker(_settings(), processes=args.processes, threads=args.threads, queues=queues)
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    import uvicorn
+    from worker.processes.web import run_web
 
-    from worker.embedded import resolve_redis
-    from worker.errors import StoreUnavailable
-    from worker.store import Store
-    from worker.web import create_app
-
-    settings, embedded = resolve_redis(_settings())
-    store = Store.from_url(settings.database_url)
-    try:
-        store.migrate()
-    except StoreUnavailable as exc:
-        # Webhooks need only Redis: serve them, and leave the schema to the processes that need the store.
-        log.warning("web: the store is unavailable (%s); webhooks are accepted through Redis meanwhile", exc.reason)
-    finally:
-        store.close()
-    if not settings.public_keys:
-        log.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused with 401")
-    try:
-        log.info("web: webhooks at http://%s:%d/webhooks/telnyx, /healthz, /livez and /metrics", args.host, args.port)
-        # log_config=None: uvicorn's records go through sendq's handler (one line, JSON when asked, redacted).
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", log_config=None)
-    finally:
-        if embedded:
-            embedded.close()
-    return EXIT_OK
+    return run_web(_settings(), host=args.host, port=args.port)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    import signal
+    from worker.processes.scheduler import run_scheduler
 
-    from worker.actors import Actors
-    from worker.broker import build_broker
-    from worker.embedded import resolve_redis
-    from worker.optout_sync import OptOutSync, PeriodicOptOutSync
-    from worker.reconcile import Reconciler
-    from worker.scheduler import Scheduler
-    from worker.store import Store
-    from worker.telnyx import TelnyxClient
-
-    settings, embedded = resolve_redis(_settings())
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    broker = build_broker(settings)
-    store = Store.from_url(settings.database_url)
-    # Without an API key the scheduler still runs; the reconciler then only handles stuck sends (it warns).
-    telnyx = TelnyxClient.from_settings(settings) if settings.api_key() else None
-    actors = Actors(broker)
-    optouts = PeriodicOptOutSync(OptOutSync(store, telnyx) if telnyx else None, settings.optout_sync_interval_s)
-    scheduler = Scheduler(settings, store, actors, Reconciler(settings, store, telnyx, actors), optouts)
-    ops = _ops_server(settings, scheduler.health, scheduler.live)
-    try:
-        # Started during an outage: wait for the store and Redis (logged once each), /healthz naming them.
-        if _migrate_when_up(scheduler.dependencies, store, stop):
-            scheduler.run(stop)
-    finally:
-        if ops:
-            ops.close()
-        if telnyx:
-            telnyx.close()
-        broker.close()
-        store.close()
-        if embedded:
-            embedded.close()
-    return EXIT_OK
-
-
-def _migrate_when_up(dependencies: Any, store: Any, stop: threading.Event) -> bool:
-    """Wait for every dependency, then bring the store's schema up to date (waiting again if the store goes away
-    meanwhile); False if ``stop`` was set first."""
-    from worker.errors import StoreUnavailable
-
-    while dependencies.wait_at_start(stop):
-        try:
-            store.migrate()
-            return True
-        except StoreUnavailable as exc:
-            dependencies.failed(exc)
-    return False
+    return run_scheduler(_settings())
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -205,17 +117,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         store.close()
     emit(args, {"migrated": True}, "store schema is up to date")
     return EXIT_OK
-
-
-def _ops_server(settings: Any, health: Callable[[], dict[str, str]],
-                live: Callable[[], dict[str, str]] | None = None) -> Any:
-    """``/metrics``, ``/healthz`` and ``/livez`` on ``SENDQ_METRICS_PORT`` when it is set (see worker.ops_server)."""
-    if settings.metrics_port is None:
-        return None
-    from worker.ops_server import OpsServer
-
-    return OpsServer(settings.metrics_port, health=health, live=live,
-                     multiprocess_dir=settings.prometheus_multiproc_dir).start()
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:

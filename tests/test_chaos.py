@@ -279,7 +279,7 @@ def _kept_by_web(chaos: Chaos, since: datetime, until: datetime) -> int:
 
 def _dead_lettered(chaos: Chaos) -> int:
     """Jobs in the dead-letter queues of every sendq queue."""
-    from worker.broker import QUEUES
+    from worker.queues import QUEUES
 
     client = chaos.broker.client
     return sum(client.zcard(f"{chaos.settings.namespace}:{q}.XQ") for q in QUEUES)

@@ -17,7 +17,8 @@ import pytest
 from worker import events, statuses
 from worker.broker import build_broker
 from worker.errors import ValidationError
-from worker.hooks import DEFAULT_HOOK_QUEUE, Hooks, Target
+from worker.hooks import Hooks
+from worker.queues import DEFAULT_HOOK_QUEUE, Target
 from worker.settings import Settings
 
 APP_QUEUE = "app_events"

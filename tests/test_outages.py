@@ -19,11 +19,12 @@ from tcp_proxy import TcpProxy
 from producers.producer import Producer
 from worker import job_logs, statuses
 from worker.actors import Actors
-from worker.broker import QUEUES, build_broker
+from worker.broker import build_broker
 from worker.dead_letters import DeadLetters
 from worker.dependencies import Dependencies, unavailable
 from worker.errors import RedisUnavailable, StoreUnavailable
 from worker.pool import start_worker
+from worker.queues import QUEUES
 from worker.services import Services
 from worker.settings import Settings
 from worker.store import Store

@@ -6,8 +6,9 @@ import pytest
 
 from producers.producer import Producer
 from worker.actors import Actors
-from worker.broker import QUEUES, build_broker
+from worker.broker import build_broker
 from worker.errors import ValidationError
+from worker.queues import QUEUES
 from worker.store import messages
 
 PROFILE = "4001767e-ce0f-4cae-9d5f-0d5e636e7809"

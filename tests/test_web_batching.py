@@ -21,11 +21,13 @@ from redis import asyncio as aioredis
 from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
+from worker.dramatiq_internals import AsyncEnqueue
 from worker.serving import ServerThread, free_port
 from worker.settings import Settings
 from worker.signature import Signer
 from worker.store import NewMessage
-from worker.web import AsyncEnqueue, WebhookBatcher, create_app
+from worker.web import create_app
+from worker.webhooks import WebhookBatcher
 
 SIGNER = Signer.from_seed("batching")
 

@@ -17,12 +17,12 @@ from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
 from worker import metrics
-from worker.broker import DEFAULT, EVENTS, PRIORITY_FOR_QUEUE, QUEUE_FOR_PRIORITY
 from worker.bulk_updates import run_bulk_update
 from worker.campaigns.expander import expand_campaign
 from worker.dependencies import unavailable
 from worker.errors import ConfigurationError, NotFoundError, StoreUnavailable
 from worker.events import apply_event, apply_events
+from worker.queues import DEFAULT, EVENTS, PRIORITY_FOR_QUEUE, QUEUE_FOR_PRIORITY
 from worker.sending import Defer, send_one
 from worker.services import Services
 from worker.store import Store, utcnow

@@ -2,70 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
     CurrentMessage,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
 
-from worker.dependencies import Dependencies, unavailable
+from worker.dependencies import Dependencies
+from worker.dramatiq_internals import OutageRetries
+from worker.queues import QUEUES
 from worker.settings import Settings
-
-URGENT, DEFAULT, BULK, EVENTS = "urgent", "default", "bulk", "events"
-#: Every queue sendq consumes. Urgent traffic (2FA) has its own queue so a campaign never delays it;
-#: webhook events have theirs so finalization never waits behind sends.
-QUEUES = (URGENT, DEFAULT, BULK, EVENTS)
-QUEUE_FOR_PRIORITY = {"urgent": URGENT, "normal": DEFAULT, "bulk": BULK}
-PRIORITY_FOR_QUEUE = {queue: priority for priority, queue in QUEUE_FOR_PRIORITY.items()}
 
 #: A job that runs longer than this is stopped (a hung socket, a stuck database): sends retry safely.
 JOB_TIME_LIMIT_MS = 120_000
-
-
-#: A job put back after an outage waits this long: long enough to go through the delay queue (a job cannot be
-#: re-enqueued on the queue it is still un-acknowledged on), short enough to be lost in the recovery time.
-RESUME_DELAY_MS = 1
-
-
-class OutageRetries(Retries):
-    """dramatiq's retries with backoff, except for a job that failed because the store or Redis is down.
-
-    That is the dependency's failure, not the job's: the worker thread waits for every dependency to answer
-    again (so a worker whose threads all meet the outage takes no more jobs), then puts the job back on its
-    queue as it was, its retry count untouched. Nothing is spent and nothing is dead-lettered however long the
-    outage lasts. The job runs again from the start, which every sendq actor allows: a send claimed before the
-    outage resumes with its Idempotency-Key, an events batch is applied once.
-    """
-
-    def __init__(self, dependencies: Dependencies | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        self.dependencies = dependencies
-
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None,
-                              exception: BaseException | None = None) -> None:
-        outage = unavailable(exception) if exception is not None and self.dependencies is not None else None
-        if outage is None or self.dependencies is None:
-            super().after_process_message(broker, message, result=result, exception=exception)
-            return
-        self.dependencies.failed(outage)
-        while True:
-            self.dependencies.wait()
-            try:
-                broker.enqueue(message, delay=RESUME_DELAY_MS)
-                return
-            except Exception as exc:
-                again = unavailable(exc)
-                if again is None:
-                    raise
-                self.dependencies.failed(again)
 
 
 def build_broker(settings: Settings, *, dependencies: Dependencies | None = None) -> RedisBroker:

@@ -20,6 +20,7 @@ Entries that are not replayed stay in the queue (``purge`` removes them, or dram
 
 from __future__ import annotations
 
+import builtins  # builtins.list in signatures below the class's own list() method, which shadows it there
 import contextlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -32,9 +33,9 @@ from dramatiq.common import q_name
 from dramatiq.message import Message
 
 from worker import statuses
-from worker.broker import QUEUES
 from worker.bulk_updates import ACTIVE, BulkUpdates
 from worker.errors import NotFoundError, StoreUnavailable
+from worker.queues import QUEUES
 from worker.store import Store, utcnow
 
 SEND, BULK, EVENT, EVENTS = "send_message", "bulk_update", "apply_event", "apply_events"
@@ -104,7 +105,7 @@ class DeadLetters:
                       for (member, score), data in zip(scored, datas, strict=True) if data is not None]
         return sorted(found, key=lambda e: e.failed_at)
 
-    def replay(self, target: str | None = None) -> list[Replay]:
+    def replay(self, target: str | None = None) -> builtins.list[Replay]:
         """Replay the entries of ``target`` (sendq's id, or a dramatiq message id), or every entry with None.
 
         Raises NotFoundError when ``target`` names no dead job. An id with several dead jobs is replayed once.

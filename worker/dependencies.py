@@ -1,8 +1,8 @@
 """The services a sendq process needs (the store, Redis), and what the process does while one is down.
 
 An outage is the dependency's failure, not the work's: a job that fails because the store or Redis stopped
-answering waits for it and runs again, without spending a retry (:class:`worker.broker.OutageRetries`), and the
-outage is logged twice, when it starts and when it ends, however many calls failed in between. The failures
+answering waits for it and runs again, without spending a retry (:class:`worker.dramatiq_internals.OutageRetries`),
+and the outage is logged twice, when it starts and when it ends, however many calls failed in between. The failures
 are counted in ``sendq_dependency_errors_total`` and the state is ``sendq_dependency_up``; ``/healthz`` names
 the dependency that is down.
 """

@@ -9,6 +9,7 @@ will not go away. Each hold counts in ``sendq_sender_holds_total{code}`` and log
 
 from __future__ import annotations
 
+import builtins  # builtins.list in signatures below the class's own list() method, which shadows it there
 import json
 import logging
 import time
@@ -99,7 +100,7 @@ class SenderHolds:
         pipe.zremrangebyscore(holds_key(self.namespace), "-inf", now)
         pipe.execute()
 
-    def _read(self, senders: list[str]) -> list[Hold]:
+    def _read(self, senders: builtins.list[str]) -> builtins.list[Hold]:
         if not senders:
             return []
         pipe = self.client.pipeline(transaction=False)

@@ -19,8 +19,6 @@ A hook is sent after the outcome is stored; if Redis refuses it at that moment i
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -28,7 +26,7 @@ import redis
 from dramatiq.errors import DramatiqError
 
 from worker import metrics, statuses
-from worker.errors import ValidationError
+from worker.queues import Target
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -36,34 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The queue of a hook named without one.
-DEFAULT_HOOK_QUEUE = "hooks"
-#: dramatiq's rule for queue names, applied to actor names too.
-_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9._-]*$")
 INBOUND, STATUS = "inbound", "status"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a hook's job goes: an actor name on a queue."""
-
-    queue_name: str
-    actor_name: str
-
-    @classmethod
-    def parse(cls, value: str | None, variable: str) -> Target | None:
-        """``actor`` or ``queue:actor``; None for unset. Raises ValidationError naming ``variable``."""
-        if value is None or not value.strip():
-            return None
-        from worker.broker import QUEUES
-
-        queue, _, actor = value.strip().rpartition(":")
-        queue = queue or DEFAULT_HOOK_QUEUE
-        if not _NAME.match(queue) or not _NAME.match(actor):
-            raise ValidationError(variable, f"expected actor_name or queue_name:actor_name (got {value!r})")
-        if queue in QUEUES:
-            raise ValidationError(variable, f"queue {queue!r} is sendq's own; name another queue for your actor")
-        return cls(queue, actor)
 
 
 class Hooks:

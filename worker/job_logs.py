@@ -15,18 +15,10 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
-from dramatiq.common import dq_name
 
 from worker.dependencies import REDIS, Dependencies, unavailable
+from worker.dramatiq_internals import CONSUMER_OUTAGE, CONSUMER_RESTART, LOGGERS, consumer_loggers
 from worker.errors import RedisUnavailable
-
-#: The dramatiq loggers that write about jobs (``get_logger(module, class)`` names); each consumer has its own,
-#: named after its queue.
-LOGGERS = ("dramatiq.worker.WorkerThread", "dramatiq.worker.Worker", "dramatiq.middleware.retries.Retries",
-           "worker.broker.OutageRetries")
-#: Consumer lines that only say Redis is not answering (the first one carries the reason).
-_CONSUMER_OUTAGE = ("Consumer encountered a connection error", "Failed to post_process_message(")
-_CONSUMER_RESTART = "Restarting consumer"
 
 
 def job_name(value: Any) -> Any:
@@ -44,13 +36,13 @@ class JobLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         outage = unavailable(record.exc_info[1] if record.exc_info else None)
         message = str(record.msg)
-        if outage is None and message.startswith(_CONSUMER_OUTAGE):
+        if outage is None and message.startswith(CONSUMER_OUTAGE):
             outage = RedisUnavailable(str(record.args[-1] if isinstance(record.args, tuple) and record.args
                                           else "connection error").splitlines()[0])
         if outage is not None and self.dependencies is not None:
             self.dependencies.failed(outage)
             return False
-        if message.startswith(_CONSUMER_RESTART) and self.dependencies is not None:
+        if message.startswith(CONSUMER_RESTART) and self.dependencies is not None:
             redis = self.dependencies.by_name.get(REDIS)
             if redis is not None and not redis.up:
                 return False
@@ -62,8 +54,7 @@ class JobLogFilter(logging.Filter):
 def install(dependencies: Dependencies | None, queues: Iterable[str]) -> JobLogFilter:
     """Filter dramatiq's job lines, and those of the consumers of ``queues``, in this process."""
     job_filter = JobLogFilter(dependencies)
-    consumers = [f"dramatiq.worker.ConsumerThread({q})" for queue in queues for q in (queue, dq_name(queue))]
-    for name in (*LOGGERS, *consumers):
+    for name in (*LOGGERS, *consumer_loggers(queues)):
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, JobLogFilter)]:
             logger.removeFilter(old)

@@ -1,8 +1,7 @@
-"""``sendq worker``: a small supervisor running dramatiq workers in child processes.
+"""The supervisor of ``sendq worker`` (built in :mod:`worker.processes.worker`): dramatiq workers in children.
 
-Each child builds its own broker, services and actors from the settings it is handed (nothing is shared
-across the fork but configuration), serves the chosen queues with a pool of threads, and stops cleanly
-on SIGTERM or SIGINT: in-flight jobs finish, prefetched ones go back to Redis. A child that dies is
+Each child serves the chosen queues with a pool of threads, and stops cleanly on SIGTERM or SIGINT: in-flight
+jobs finish, prefetched ones go back to Redis. A child that dies is
 replaced at once, so a crash costs only the jobs it held (which Redis redelivers). A child that keeps dying
 soon after it starts (a broken deployment, a dependency it cannot do without) is started again after 1 s, 2 s,
 4 s ... at most 30 s, one log line per exit, rather than every half second.
@@ -22,15 +21,10 @@ from typing import Any
 import dramatiq
 from prometheus_client.multiprocess import mark_process_dead
 
-from worker import job_logs
 from worker.actors import Actors
-from worker.broker import QUEUES, build_broker
-from worker.dependencies import Dependencies
-from worker.logs import configure_logging, secrets_of
 from worker.ops_server import MultiprocessDir, OpsServer
-from worker.services import Services
+from worker.queues import QUEUES
 from worker.settings import Settings
-from worker.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -63,43 +57,15 @@ def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int
     return worker
 
 
-def _child_main(settings: Settings, queues: list[str], threads: int) -> None:
-    configure_logging(settings.log_level, json_format=settings.log_format == "json", secrets=secrets_of(settings))
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    store = Store.from_url(settings.database_url)
-    dependencies = Dependencies.of(store=store.ping, redis=lambda: broker.client.ping())
-    broker = build_broker(settings, dependencies=dependencies)
-    job_logs.install(dependencies, queues)
-    # Started during an outage, the child waits for it here rather than failing (and being respawned) at once.
-    if not dependencies.wait_at_start(stop):
-        return
-    services = Services.build(settings, broker=broker, store=store)
-    worker = start_worker(Actors(broker, services), queues=queues, threads=threads,
-                          idle_poll_ms=settings.worker_poll_ms)
-    log.info("worker process ready: queues=%s threads=%d", ",".join(queues), threads)
-    stop.wait()
-    # dramatiq stops the worker threads first (each finishes the job it is running: a send in flight completes
-    # and records its outcome), then the consumers, then puts every fetched job not started, and every delayed
-    # one held in memory, back on its queue in Redis. Nothing waits for the heartbeat timeout.
-    log.info("worker process stopping: finishing jobs in progress, returning prefetched ones to Redis")
-    worker.stop(timeout=STOP_TIMEOUT_MS)
-    if services.usage is not None:
-        services.usage.flush()
-    broker.close()
-    services.close()
-    log.info("worker process stopped")
-
-
 class Pool:
     """``processes`` children, each running ``threads`` worker threads over ``queues``.
 
     With ``settings.metrics_port`` the supervisor also serves ``/metrics`` (every child's samples, through a
     multiprocess directory) and ``/healthz`` (200 while every child is alive).
 
-    ``target`` is what each child runs, ``target(settings, queues, threads)`` (tests hand in one that fails);
-    the respawn delays are attributes for the same reason.
+    ``target`` is what each child runs, ``target(settings, queues, threads)``
+    (:func:`worker.processes.worker.run_child`; tests hand in one that fails); the respawn delays are attributes
+    so tests can shorten them.
     """
 
     first_respawn_delay_s = FIRST_RESPAWN_DELAY_S
@@ -107,7 +73,7 @@ class Pool:
     healthy_after_s = HEALTHY_AFTER_S
 
     def __init__(self, settings: Settings, *, processes: int, threads: int, queues: Iterable[str],
-                 target: Callable[[Settings, list[str], int], object] = _child_main) -> None:
+                 target: Callable[[Settings, list[str], int], object]) -> None:
         self.settings = settings
         self.processes = processes
         self.threads = threads

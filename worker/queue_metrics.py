@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from worker import statuses
-from worker.broker import QUEUES
+from worker.queues import QUEUES
 from worker.sender_usage import UTILISATION_COMMANDS, queue_utilisation
 from worker.store import Store, campaigns, messages
 

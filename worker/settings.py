@@ -13,6 +13,8 @@ import pydantic
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.queues import Target
+
 DEFAULT_TELNYX_BASE_URL = "https://api.telnyx.com/v2"
 DEFAULT_DATABASE_URL = "sqlite:///./sendq.db"
 #: The stores sendq runs on (CONTRACT.md): SQLite and PostgreSQL, with any driver SQLAlchemy names after a ``+``.
@@ -204,8 +206,6 @@ class Settings(BaseSettings):
     @classmethod
     def _check_hook(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Raises worker.errors.ValidationError naming the variable: CLI exit 2.
-        from worker.hooks import Target
-
         Target.parse(value, f"SENDQ_{info.field_name.upper()}")
         return value.strip() if value and value.strip() else None
 

@@ -24,6 +24,7 @@ opt-out ``stop, stopall, stop all, unsubscribe, cancel, end, quit``; opt-in ``st
 
 from __future__ import annotations
 
+import builtins  # builtins.list in signatures below the class's own list() method, which shadows it there
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -231,7 +232,7 @@ class Suppressions:
             after = (page[-1].recipient, page[-1].scope)
 
     def record_refusal(self, recipients: Sequence[str], *, sender: str | None, profile: str | None,
-                       details: Iterable[str | None]) -> list[str]:
+                       details: Iterable[str | None]) -> builtins.list[str]:
         """Add the pairs a Telnyx 40300 refusal of a message shows; returns the recipients added.
 
         One recipient is the one refused. For a group MMS, Telnyx names the blocked recipients in the error

@@ -11,8 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 from urllib.parse import quote
 
-from worker.telnyx.messages import body
-from worker.telnyx.transport import Transport
+from worker.telnyx.transport import Transport, body
 
 NumberType = Literal["tollfree", "longcode", "shortcode"]
 #: The official path; Telnyx also serves ``/messaging_numbers/bulk_updates``, which the SDK does not use.

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from worker.telnyx.messages import body
-from worker.telnyx.transport import Transport
+from worker.telnyx.transport import Transport, body
 
 
 class OptOuts:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from worker.telnyx.messages import body
 from worker.telnyx.numbers import segment
-from worker.telnyx.transport import Transport
+from worker.telnyx.transport import Transport, body
 
 TimeFrame = Literal["1h", "3h", "24h", "3d", "7d", "30d"]
 AutorespOp = Literal["start", "stop", "info"]

@@ -89,6 +89,11 @@ def _retryable(error: BaseException) -> bool:
     return retryable_in_call(error)
 
 
+def body(**fields: Any) -> dict[str, Any]:
+    """A request body or query: ``from_`` becomes ``from``, absent (None) fields are left out."""
+    return {("from" if k == "from_" else k): v for k, v in fields.items() if v is not None}
+
+
 class Transport:
     """Authenticated JSON calls to the Telnyx API, with bounded in-call retries.
 

@@ -1,0 +1,71 @@
+"""``sendq worker``: the supervisor (:class:`worker.pool.Pool`) and what each of its children runs.
+
+Each child builds its own broker, services and actors from the settings it is handed: nothing is shared across
+the fork but configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+
+from worker import job_logs
+from worker.actors import Actors
+from worker.broker import build_broker
+from worker.dependencies import Dependencies
+from worker.embedded import resolve_redis
+from worker.logs import configure_logging, secrets_of
+from worker.pool import STOP_TIMEOUT_MS, Pool, start_worker
+from worker.services import Services
+from worker.settings import Settings
+from worker.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, *, processes: int, threads: int, queues: Sequence[str]) -> int:
+    """Run ``processes`` children of ``threads`` worker threads over ``queues`` until SIGTERM; the exit code."""
+    settings, embedded = resolve_redis(settings)
+    # Fail here, with the reason, rather than in every child; the children find the schema up to date. Started
+    # during an outage, wait for the store (logged once) rather than exit.
+    services = Services.build(settings)
+    Dependencies.of(store=services.store.ping).wait_at_start()
+    services.store.migrate()
+    services.close()
+    try:
+        return Pool(settings, processes=processes, threads=threads, queues=queues, target=run_child).run()
+    finally:
+        if embedded:
+            embedded.close()
+
+
+def run_child(settings: Settings, queues: list[str], threads: int) -> None:
+    """One child of the pool: serve ``queues`` with ``threads`` threads until SIGTERM or SIGINT."""
+    configure_logging(settings.log_level, json_format=settings.log_format == "json", secrets=secrets_of(settings))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    store = Store.from_url(settings.database_url)
+    dependencies = Dependencies.of(store=store.ping, redis=lambda: broker.client.ping())
+    broker = build_broker(settings, dependencies=dependencies)
+    job_logs.install(dependencies, queues)
+    # Started during an outage, the child waits for it here rather than failing (and being respawned) at once.
+    if not dependencies.wait_at_start(stop):
+        return
+    services = Services.build(settings, broker=broker, store=store)
+    worker = start_worker(Actors(broker, services), queues=queues, threads=threads,
+                          idle_poll_ms=settings.worker_poll_ms)
+    log.info("worker process ready: queues=%s threads=%d", ",".join(queues), threads)
+    stop.wait()
+    # dramatiq stops the worker threads first (each finishes the job it is running: a send in flight completes
+    # and records its outcome), then the consumers, then puts every fetched job not started, and every delayed
+    # one held in memory, back on its queue in Redis. Nothing waits for the heartbeat timeout.
+    log.info("worker process stopping: finishing jobs in progress, returning prefetched ones to Redis")
+    worker.stop(timeout=STOP_TIMEOUT_MS)
+    if services.usage is not None:
+        services.usage.flush()
+    broker.close()
+    services.close()
+    log.info("worker process stopped")
