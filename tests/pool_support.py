@@ -16,13 +16,13 @@ def _note_start() -> None:
         starts.write(f"{os.getpid()} {time.time():.3f}\n")
 
 
-def exit_at_once(settings: Any, queues: list[str], threads: int) -> None:
+def exit_at_once(settings: Any, queues: list[str], threads: int, worker_id: str) -> None:
     """A worker that cannot start (a dependency down at start, a broken deployment): exits 3 at once."""
     _note_start()
     sys.exit(3)
 
 
-def exit_after_a_while(settings: Any, queues: list[str], threads: int) -> None:
+def exit_after_a_while(settings: Any, queues: list[str], threads: int, worker_id: str) -> None:
     """A worker that runs a while, then crashes."""
     _note_start()
     time.sleep(float(os.environ.get("SENDQ_TEST_POOL_LIFETIME_S", "1")))

@@ -44,3 +44,14 @@ def test_the_broker_internals_async_enqueue_reads_exist():
     for name in ("_max_unpack_size", "_should_do_maintenance", "emit_before", "emit_after"):
         assert callable(getattr(broker, name, None)), f"RedisBroker.{name} is gone: {RECHECK}"
     assert "dispatch" in broker.scripts, RECHECK
+
+
+def test_a_released_worker_is_one_the_dispatch_script_s_maintenance_takes_for_dead():
+    broker = RedisBroker(url="redis://127.0.0.1:1/0", middleware=[])
+    script = broker.scripts["dispatch"].script
+    script = script.decode() if isinstance(script, bytes) else script
+
+    assert isinstance(broker.broker_id, str), RECHECK  # name_worker replaces it
+    # release_dead_worker writes the heartbeat where maintenance reads it, scored by time (0: dead long ago).
+    assert 'namespace .. ":__heartbeats__"' in script, RECHECK
+    assert 'redis.call("zrangebyscore", heartbeats, 0, timestamp - heartbeat_timeout)' in script, RECHECK

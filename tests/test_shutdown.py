@@ -7,6 +7,7 @@ the supervisor only. Telnyx (the simulator) answers after 0.6 s, so sends are ca
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import uuid
@@ -104,3 +105,27 @@ def _sendq() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "producers.cli"]
+
+
+def test_a_killed_child_s_jobs_come_back_at_once_not_after_the_heartbeat_timeout(
+        settings: Settings, simulator: Simulator, tmp_path: Path) -> None:
+    """SIGKILL of the dramatiq child mid-send: the supervisor sees it exit and releases its broker worker, so its
+    jobs go back to their queues at the next maintenance. With a heartbeat timeout of 120 s, only that release can
+    bring every message to Telnyx within the 60 s this test waits; each resumes with its Idempotency-Key."""
+    store = Store.from_url(settings.database_url)
+    env = process_env(settings, log_level="INFO", heartbeat_timeout_ms=120_000)
+    worker = Proc([*_sendq(), "worker", "--processes", "1", "--threads", "4"], env, tmp_path / "worker.log")
+    try:
+        with Producer.connect(settings) as producer:
+            ids = [producer.send(f"+1312555{6000 + i:04d}", from_="+13125550101", text=f"k{i}")
+                   for i in range(MESSAGES)]
+        wait_for(lambda: by_status(store).get(statuses.SENDING, 0) >= 2, 60, "sends in flight")
+        wait_for(lambda: len(worker.children()) == 1, 10, "the child")
+        os.kill(worker.children()[0], signal.SIGKILL)
+        wait_for(lambda: by_status(store).get(statuses.SUBMITTED, 0) == MESSAGES, 60,
+                 "every message sent, the killed child's included")
+        keys = sorted(m.idempotency_key for m in simulator.state.messages.values())
+        assert keys == sorted(ids), "each message reached Telnyx exactly once"
+    finally:
+        worker.stop(10)
+        store.close()

@@ -6,6 +6,8 @@ installed version is outside :data:`CHECKED_FROM` .. :data:`CHECKED_BELOW`):
 - :class:`AsyncEnqueue` replays ``RedisBroker.enqueue`` over an asyncio client: the ``dispatch`` Lua script and
   its argument list, ``_max_unpack_size`` and ``_should_do_maintenance``;
 - :class:`OutageRetries` overrides ``Retries.after_process_message`` (where a failed job is retried or dropped);
+- :func:`name_worker` and :func:`release_dead_worker` set a broker's worker id and move a dead worker's heartbeat
+  to the epoch in the ``{namespace}:__heartbeats__`` sorted set the ``dispatch`` script's maintenance reads;
 - :mod:`worker.job_logs` filters dramatiq's log lines by logger name (:data:`LOGGERS`,
   :func:`consumer_loggers`) and by the start of their text (:data:`CONSUMER_OUTAGE`, :data:`CONSUMER_RESTART`).
 """
@@ -107,3 +109,21 @@ CONSUMER_RESTART = "Restarting consumer"
 def consumer_loggers(queues: Iterable[str]) -> list[str]:
     """The loggers of the consumers of ``queues``: one per queue and one per its delay queue."""
     return [f"dramatiq.worker.ConsumerThread({q})" for queue in queues for q in (queue, dq_name(queue))]
+
+
+def name_worker(broker: RedisBroker, worker_id: str) -> None:
+    """Have ``broker`` keep its heartbeats and acknowledgements under ``worker_id`` (dramatiq draws a random id),
+    so the supervisor that chose it can name the worker once its process is gone."""
+    broker.broker_id = worker_id
+
+
+def release_dead_worker(client: Any, namespace: str, worker_id: str) -> None:
+    """Tell the broker that worker ``worker_id`` is dead, so its unacknowledged jobs are returned at once.
+
+    The broker returns a worker's unacknowledged jobs to their queues once its heartbeat is older than
+    ``heartbeat_timeout`` (15 s by default), at a maintenance pass, which any fetch runs by chance. A supervisor
+    that saw its child exit already knows the worker is dead. Moving the heartbeat to the epoch makes the next
+    maintenance return the jobs, within a second or two. A job that was mid-send resumes with its
+    Idempotency-Key, so this takes that wait out of a crashed 2FA send's delay.
+    """
+    client.zadd(f"{namespace}:__heartbeats__", {worker_id: 0})

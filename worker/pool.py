@@ -14,6 +14,7 @@ import multiprocessing
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -63,9 +64,10 @@ class Pool:
     With ``settings.metrics_port`` the supervisor also serves ``/metrics`` (every child's samples, through a
     multiprocess directory) and ``/healthz`` (200 while every child is alive).
 
-    ``target`` is what each child runs, ``target(settings, queues, threads)``
-    (:func:`worker.processes.worker.run_child`; tests hand in one that fails); the respawn delays are attributes
-    so tests can shorten them.
+    ``target`` is what each child runs, ``target(settings, queues, threads, worker_id)``
+    (:func:`worker.processes.worker.run_child`; tests hand in one that fails); ``released(worker_id)`` is called
+    when a child has exited, to hand its unacknowledged jobs back at once. The respawn delays are attributes so
+    tests can shorten them.
     """
 
     first_respawn_delay_s = FIRST_RESPAWN_DELAY_S
@@ -73,12 +75,16 @@ class Pool:
     healthy_after_s = HEALTHY_AFTER_S
 
     def __init__(self, settings: Settings, *, processes: int, threads: int, queues: Iterable[str],
-                 target: Callable[[Settings, list[str], int], object]) -> None:
+                 target: Callable[[Settings, list[str], int, str], object],
+                 released: Callable[[str], object] | None = None) -> None:
         self.settings = settings
         self.processes = processes
         self.threads = threads
         self.queues = list(queues)
         self.target = target
+        self.released = released
+        #: Per slot: the broker worker id its child was given (see :func:`worker.dramatiq_internals.name_worker`).
+        self._worker_ids: list[str] = []
         self._context: Any = multiprocessing.get_context("spawn")
         self._children: list[BaseProcess] = []
         # Per slot: when its child started, how many children in a row exited soon after starting, and when the
@@ -89,8 +95,14 @@ class Pool:
         self._stopping = threading.Event()
         self._metrics_dir: MultiprocessDir | None = None
 
-    def _spawn(self) -> BaseProcess:
-        child = self._context.Process(target=self.target, args=(self.settings, self.queues, self.threads),
+    def _spawn(self, slot: int) -> BaseProcess:
+        worker_id = str(uuid.uuid4())
+        if slot < len(self._worker_ids):
+            self._worker_ids[slot] = worker_id
+        else:
+            self._worker_ids.append(worker_id)
+        child = self._context.Process(target=self.target,
+                                      args=(self.settings, self.queues, self.threads, worker_id),
                                       name="sendq-worker", daemon=False)
         child.start()
         return child
@@ -109,7 +121,7 @@ class Pool:
                 signal.signal(signum, lambda *_: self.stop())
         server = self._start_metrics()
         try:
-            self._children = [self._spawn() for _ in range(self.processes)]
+            self._children = [self._spawn(slot) for slot in range(self.processes)]
             now = time.monotonic()
             self._started = [now] * self.processes
             self._quick_exits = [0] * self.processes
@@ -145,7 +157,7 @@ class Pool:
                 due = self._exited(i, child, now)
             if now >= due:
                 self._respawn_at[i] = None
-                self._children[i] = self._spawn()
+                self._children[i] = self._spawn(i)
                 self._started[i] = time.monotonic()
 
     def _exited(self, slot: int, child: BaseProcess, now: float) -> float:
@@ -162,6 +174,12 @@ class Pool:
                         child.exitcode, lived)
         if self._metrics_dir is not None and child.pid is not None:
             mark_process_dead(child.pid, self._metrics_dir.path)
+        if self.released is not None:
+            try:
+                self.released(self._worker_ids[slot])
+            except Exception as exc:  # Redis down: the heartbeat timeout returns the jobs instead
+                log.warning("could not release the jobs of worker process %s (%s); they come back after the "
+                            "heartbeat timeout", child.pid, type(exc).__name__)
         self._respawn_at[slot] = now + delay
         return now + delay
 

@@ -11,10 +11,13 @@ import signal
 import threading
 from collections.abc import Sequence
 
+import redis
+
 from worker import job_logs
 from worker.actors import Actors
 from worker.broker import build_broker
 from worker.dependencies import Dependencies
+from worker.dramatiq_internals import name_worker, release_dead_worker
 from worker.embedded import resolve_redis
 from worker.logs import configure_logging, secrets_of
 from worker.pool import STOP_TIMEOUT_MS, Pool, start_worker
@@ -34,15 +37,23 @@ def run_worker(settings: Settings, *, processes: int, threads: int, queues: Sequ
     Dependencies.of(store=services.store.ping).wait_at_start()
     services.store.migrate()
     services.close()
+    client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=5, socket_connect_timeout=5)
+
+    def released(worker_id: str) -> None:
+        release_dead_worker(client, settings.namespace, worker_id)
+
     try:
-        return Pool(settings, processes=processes, threads=threads, queues=queues, target=run_child).run()
+        return Pool(settings, processes=processes, threads=threads, queues=queues, target=run_child,
+                    released=released).run()
     finally:
+        client.close()
         if embedded:
             embedded.close()
 
 
-def run_child(settings: Settings, queues: list[str], threads: int) -> None:
-    """One child of the pool: serve ``queues`` with ``threads`` threads until SIGTERM or SIGINT."""
+def run_child(settings: Settings, queues: list[str], threads: int, worker_id: str) -> None:
+    """One child of the pool: serve ``queues`` with ``threads`` threads until SIGTERM or SIGINT, as broker worker
+    ``worker_id`` (the pool releases that worker's jobs if the child dies)."""
     configure_logging(settings.log_level, json_format=settings.log_format == "json", secrets=secrets_of(settings))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -50,6 +61,7 @@ def run_child(settings: Settings, queues: list[str], threads: int) -> None:
     store = Store.from_url(settings.database_url)
     dependencies = Dependencies.of(store=store.ping, redis=lambda: broker.client.ping())
     broker = build_broker(settings, dependencies=dependencies)
+    name_worker(broker, worker_id)
     job_logs.install(dependencies, queues)
     # Started during an outage, the child waits for it here rather than failing (and being respawned) at once.
     if not dependencies.wait_at_start(stop):
