@@ -103,7 +103,7 @@ def test_killed_workers_lose_nothing_and_send_nothing_twice(base_settings, tmp_p
         rows = chaos.rows()
         resent = sum(1 for r in rows if any(e.get("code") == "ambiguous" for e in r["errors"]))
         outcome = chaos.outcome("worker-kills", kills=sum(killer.kills.values()),
-                                group_kills=killer.kills["group"], resent_after_lease=resent,
+                                group_kills=killer.kills["group"], resumed_or_resent=resent,
                                 max_attempts=max(r["attempts"] for r in rows))
         _report(outcome)
         chaos.check_logs_private()
