@@ -77,7 +77,7 @@ def test_ci_runs_the_test_command_of_the_readme_quick_start():
 
 def test_the_readme_public_key_is_the_simulators_default():
     from worker.signature import Signer
-    from worker.simulator.app import DEFAULT_KEY_SEED
+    from worker.simulator.core import DEFAULT_KEY_SEED
 
     assert f"TELNYX_PUBLIC_KEY={Signer.from_seed(DEFAULT_KEY_SEED).public_key}" in (ROOT / "README.md").read_text()
 
@@ -129,16 +129,8 @@ def circles(graph: dict[str, set[str]]) -> list[set[str]]:
     return found
 
 
-#: Circles another part of issue 16 is taking apart; nothing may join them, and no new one may appear.
-KNOWN_CIRCLES = [{"worker.actors", "worker.campaigns"}]
-
-
 def test_no_module_imports_itself_back_through_others():
-    graph = import_graph()
-    # The simulator's package is reworked on its own (its endpoints reach back to the Simulator they serve).
-    left = [c for c in circles(graph) if not all(m.startswith("worker.simulator") for m in c)]
-
-    assert [sorted(c) for c in left if c not in KNOWN_CIRCLES] == []
+    assert [sorted(c) for c in circles(import_graph())] == []
 
 
 def test_settings_hooks_and_the_broker_read_queue_names_from_a_leaf():
@@ -146,10 +138,6 @@ def test_settings_hooks_and_the_broker_read_queue_names_from_a_leaf():
 
     assert graph["worker.queues"] <= {"worker.errors"}
     assert "worker.queues" in graph["worker.settings"] and "worker.hooks" not in graph["worker.settings"]
-
-
-#: Modules over the limit that another part of issue 16 is splitting.
-NOT_YET_SPLIT = {"worker/campaigns.py", "worker/events.py", "worker/store/schema.py"}
 
 
 def test_no_module_of_worker_or_producers_is_over_400_lines():
@@ -160,7 +148,7 @@ def test_no_module_of_worker_or_producers_is_over_400_lines():
         if len(path.read_text().splitlines()) > 400
     )
 
-    assert [p for p in long if p not in NOT_YET_SPLIT] == []
+    assert long == []
 
 
 def test_the_cli_builds_no_process_itself():

@@ -5,6 +5,7 @@ Telnyx documents it, and sends Ed25519-signed ``message.sent`` / ``message.final
 control API under ``/_sim/`` exposes the truth (every message, its outcome, arrival times) to tests.
 """
 
-from worker.simulator.app import Simulator, SimulatorConfig, create_app
+from worker.simulator.app import create_app
+from worker.simulator.core import Simulator, SimulatorConfig
 
 __all__ = ["Simulator", "SimulatorConfig", "create_app"]

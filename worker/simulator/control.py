@@ -8,11 +8,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.simulator import inventory, rules
+import worker.simulator.inventory as inventory
+import worker.simulator.rules as rules
 from worker.simulator.http import Refusal, json_object
 
 if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
+    from worker.simulator.core import Simulator
 
 
 def routes(sim: Simulator) -> list[Route]:

@@ -17,7 +17,7 @@ import logging
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -26,9 +26,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.simulator.http import Refusal, config_from_json, telnyx_error
-
-if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
 
 STATUSES_5XX = ("500", "502", "503")
 KINDS = (*STATUSES_5XX, "429", "reset", "timeout")
@@ -215,17 +212,17 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-def routes(sim: Simulator) -> list[Route]:
+def routes(faults: Faults) -> list[Route]:
     """``GET /_sim/faults``: configuration and counts; ``POST`` a FaultConfig JSON object to replace it."""
 
     async def show(request: Request) -> Response:
-        return JSONResponse(sim.faults.summary())
+        return JSONResponse(faults.summary())
 
     async def change(request: Request) -> Response:
         try:
-            sim.faults.configure(config_from_json(FaultConfig, await request.json()))
+            faults.configure(config_from_json(FaultConfig, await request.json()))
         except (ValueError, TypeError) as exc:
             return telnyx_error(400, "10015", "Bad Request", str(exc))
-        return JSONResponse(sim.faults.summary())
+        return JSONResponse(faults.summary())
 
     return [Route("/_sim/faults", show, methods=["GET"]), Route("/_sim/faults", change, methods=["POST"])]

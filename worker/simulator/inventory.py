@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from worker.simulator import rules
+import worker.simulator.rules as rules
 from worker.simulator.state import ORGANIZATION_ID, now_iso
 
 if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
+    from worker.simulator.core import Simulator
 
 KINDS = ("phone", "mobile", "hosted")
 #: What a profile's ``number_pool_settings`` hold when nobody installed the profiles (long codes only).

@@ -20,107 +20,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.simulator import inventory, rules
+import worker.simulator.inventory as inventory
+import worker.simulator.rules as rules
 from worker.simulator.http import Refusal, json_object, require_auth
+from worker.simulator.message_checks import (
+    OUTCOME_ERRORS,
+    WHATSAPP_TYPES,
+    bad_from,
+    check_content,
+    check_outcome,
+    check_send_at,
+    check_to,
+    missing,
+    whatsapp_body,
+)
 from worker.simulator.state import ORGANIZATION_ID, Replay, SimMessage, new_message_id, now_iso
 
 if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
-
-__all__ = ["ORGANIZATION_ID", "OUTCOME_ERRORS", "MessageEndpoints"]
+    from worker.simulator.core import Simulator
 
 COST_PER_PART = 0.004
 MAX_GROUP_RECIPIENTS = 8
-MAX_MEDIA = 10
-SCHEDULE_MIN = timedelta(minutes=5)
-SCHEDULE_MAX = timedelta(days=5)
 CANCEL_CUTOFF = timedelta(minutes=1)
-#: Delivery errors the simulator reports, by final status (real Telnyx codes).
-OUTCOME_ERRORS = {
-    "delivery_failed": {"code": "40008", "title": "Undeliverable",
-                        "detail": "The recipient carrier did not accept the message."},
-    "sending_failed": {"code": "40006", "title": "Recipient server unavailable",
-                       "detail": "The recipient server is unavailable."},
-    "expired": {"code": "40014", "title": "Message expired in queue",
-                "detail": "The message expired while in queue. You were not billed for it."},
-    "delivery_unconfirmed": None,
-    "delivered": None,
-}
-#: The per-request header that decides every recipient's final status (instead of the configured mix).
-OUTCOME_HEADER = "x-sim-outcome"
-WHATSAPP_TYPES = {"audio", "document", "image", "sticker", "video", "interactive", "location", "template",
-                  "reaction", "contacts", "text"}
 #: An owned number's kind as a sender, by its record type (mobile numbers are ``longcode``).
 RECORD_KINDS = {"long-code": "long_code", "longcode": "long_code", "toll-free": "toll_free",
                 "tollfree": "toll_free", "short-code": "short_code", "shortcode": "short_code"}
 KIND_NAMES = {"long_code": "a long code", "toll_free": "a toll-free number", "short_code": "a short code",
               "alphanumeric": "an alphanumeric sender ID"}
-
-
-def _missing(field: str) -> Refusal:
-    return Refusal(400, "10004", "Missing required parameter", f"The '{field}' parameter is required.", f"/{field}")
-
-
-def _bad_from(detail: str | None = None) -> Refusal:
-    return Refusal(400, "40305", "Invalid 'from' address",
-                   detail or "The 'from' address should be a valid phone number, short code or alphanumeric sender "
-                             "ID associated with the sending messaging profile.", "/from")
-
-
-def _check_to(to: Any) -> str:
-    if to in (None, ""):
-        raise _missing("to")
-    if not rules.is_recipient(to):
-        raise Refusal(400, "40310", "Invalid 'to' address", "The 'to' address should be a single valid number.",
-                      "/to")
-    return str(to)
-
-
-def _check_content(body: dict[str, Any], *, mms_allowed: bool = True) -> tuple[str, list[str], bool]:
-    text = body.get("text") or ""
-    media = body.get("media_urls") or []
-    if not isinstance(media, list) or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
-                                              for u in media):
-        raise Refusal(400, "10003", "Invalid URL", "media_urls must be a list of http(s) URLs.", "/media_urls")
-    if not text and not media:
-        raise Refusal(400, "40316", "No content provided", "Provide 'text' and/or 'media_urls'.")
-    if len(media) > MAX_MEDIA:
-        raise Refusal(400, "40317", "Invalid MMS content",
-                      "MMS can contain up to 10 items and the total size must be less than 1 MB.", "/media_urls")
-    mms = bool(media) or body.get("type") == "MMS"
-    if mms and not mms_allowed:
-        raise Refusal(400, "40304", "Invalid combination of content arguments", "This sender can send SMS only.")
-    if not mms:
-        parts = rules.encode(text).parts
-        if parts > rules.MAX_PARTS:
-            raise Refusal(400, "40302", "Message too large",
-                          f"The message was divided into {parts} parts. The maximum is {rules.MAX_PARTS}.")
-    return text, media, mms
-
-
-def _check_send_at(value: Any, *, required: bool) -> datetime | None:
-    if value in (None, ""):
-        if required:
-            raise _missing("send_at")
-        return None
-    try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise Refusal(400, "10015", "Bad Request", "send_at must be an ISO-8601 date-time.", "/send_at") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    ahead = when - datetime.now(UTC)
-    if not SCHEDULE_MIN <= ahead <= SCHEDULE_MAX:
-        raise Refusal(400, "10015", "Invalid send_at",
-                      "send_at must be at least 5 minutes and at most 5 days in the future.", "/send_at")
-    return when
-
-
-def _check_outcome(request: Request) -> str | None:
-    outcome = request.headers.get(OUTCOME_HEADER)
-    if outcome is not None and outcome not in OUTCOME_ERRORS:
-        raise Refusal(400, "10015", "Bad Request", f"{OUTCOME_HEADER} must be one of {', '.join(OUTCOME_ERRORS)}.")
-    return outcome
 
 
 class MessageEndpoints:
@@ -141,13 +67,13 @@ class MessageEndpoints:
         """
         sender = body.get("from")
         if not sender:
-            raise _missing("from")
+            raise missing("from")
         owned = self.numbers.owner(sender) if isinstance(sender, str) else None
         if owned is None and not self.sim.config.any_sender:
-            raise _bad_from(f"'{sender}' is not a number of this account." if rules.sender_kind(sender) else None)
+            raise bad_from(f"'{sender}' is not a number of this account." if rules.sender_kind(sender) else None)
         kind = RECORD_KINDS.get(owned[1]["type"], "long_code") if owned else rules.sender_kind(sender)
         if kind not in kinds:
-            raise _bad_from(f"This endpoint sends from {' or '.join(KIND_NAMES[k] for k in kinds)}; "
+            raise bad_from(f"This endpoint sends from {' or '.join(KIND_NAMES[k] for k in kinds)}; "
                             f"'{sender}' is {KIND_NAMES.get(kind or '', 'none of these')}.")
         return str(sender)
 
@@ -156,7 +82,7 @@ class MessageEndpoints:
         profile = body.get("messaging_profile_id")
         if profile in (None, ""):
             if required:
-                raise _missing("messaging_profile_id")
+                raise missing("messaging_profile_id")
             return None
         if not isinstance(profile, str) or not self.numbers.profile_known(profile):
             raise Refusal(422, "10005", "Resource not found", f"Messaging profile '{profile}' could not be found.",
@@ -170,24 +96,24 @@ class MessageEndpoints:
         if body.get("from"):
             kind = rules.sender_kind(body["from"])
             if kind is None:
-                raise _bad_from()
+                raise bad_from()
             return self._by_kind[kind](body)
         if body.get("messaging_profile_id"):
             return self._number_pool(body)
-        raise _missing("from")
+        raise missing("from")
 
     def _phone(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._build(body, self._sender(body, "long_code", "toll_free"), _check_to(body.get("to")))
+        return self._build(body, self._sender(body, "long_code", "toll_free"), check_to(body.get("to")))
 
     def _long_code(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._build(body, self._sender(body, "long_code"), _check_to(body.get("to")))
+        return self._build(body, self._sender(body, "long_code"), check_to(body.get("to")))
 
     def _short_code(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._build(body, self._sender(body, "short_code"), _check_to(body.get("to")))
+        return self._build(body, self._sender(body, "short_code"), check_to(body.get("to")))
 
     def _number_pool(self, body: dict[str, Any]) -> dict[str, Any]:
         profile = self._profile(body, required=True)
-        to = _check_to(body.get("to"))
+        to = check_to(body.get("to"))
         pool = self.numbers.pool(str(profile))
         if not pool:
             raise Refusal(400, "40321", "No usable numbers on messaging profile",
@@ -199,35 +125,35 @@ class MessageEndpoints:
     def _alphanumeric(self, body: dict[str, Any]) -> dict[str, Any]:
         sender = body.get("from")
         if not sender:
-            raise _missing("from")
+            raise missing("from")
         if rules.sender_kind(sender) != "alphanumeric":
             raise Refusal(400, "40325", "Invalid alphanumeric sender ID",
                           "Alphanumeric sender IDs are 1-11 letters, digits or spaces, with at least one letter.",
                           "/from")
         self._profile(body, required=True)
         if not body.get("text"):
-            raise _missing("text")
-        return self._build(body, sender, _check_to(body.get("to")), mms_allowed=False)
+            raise missing("text")
+        return self._build(body, sender, check_to(body.get("to")), mms_allowed=False)
 
     def _group_mms(self, body: dict[str, Any]) -> dict[str, Any]:
         sender = self._sender(body, "long_code")
         recipients = body.get("to")
         if not recipients:
-            raise _missing("to")
+            raise missing("to")
         if not isinstance(recipients, list) or not 1 <= len(recipients) <= MAX_GROUP_RECIPIENTS:
             raise Refusal(400, "40310", "Invalid 'to' address",
                           f"'to' must be a list of 1 to {MAX_GROUP_RECIPIENTS} numbers.", "/to")
-        return self._build({**body, "type": "MMS"}, sender, *[_check_to(r) for r in recipients])
+        return self._build({**body, "type": "MMS"}, sender, *[check_to(r) for r in recipients])
 
     def _whatsapp(self, body: dict[str, Any]) -> dict[str, Any]:
         sender = self._sender(body, "long_code", "toll_free")
-        to = _check_to(body.get("to"))
+        to = check_to(body.get("to"))
         content = body.get("whatsapp_message")
         if not isinstance(content, dict) or content.get("type") not in WHATSAPP_TYPES:
-            raise _missing("whatsapp_message")
+            raise missing("whatsapp_message")
         text = (content.get("text") or {}).get("body") if content["type"] == "text" else None
         payload = self._build({**body, "text": text or content["type"], "media_urls": []}, sender, to)
-        payload.update({"type": "WHATSAPP", "encoding": "UTF-8", "body": _whatsapp_body(content), "parts": 1})
+        payload.update({"type": "WHATSAPP", "encoding": "UTF-8", "body": whatsapp_body(content), "parts": 1})
         return payload
 
     @property
@@ -238,7 +164,7 @@ class MessageEndpoints:
     # -- building and lifecycle -----------------------------------------------------------------------
 
     def _build(self, body: dict[str, Any], sender: str, *recipients: str, mms_allowed: bool = True) -> dict[str, Any]:
-        text, media, mms = _check_content(body, mms_allowed=mms_allowed)
+        text, media, mms = check_content(body, mms_allowed=mms_allowed)
         profile = self._profile(body, required=False) or self._profile_of(sender)
         for to in recipients:
             if self.sim.optouts.blocks(sender, to, profile):
@@ -323,8 +249,8 @@ class MessageEndpoints:
             try:
                 require_auth(request, self.sim.config.api_key)
                 body = await json_object(request)
-                send_at = _check_send_at(body.get("send_at"), required=schedule)
-                return await self._answer(request, body, build, send_at, _check_outcome(request))
+                send_at = check_send_at(body.get("send_at"), required=schedule)
+                return await self._answer(request, body, build, send_at, check_outcome(request))
             except Refusal as refusal:
                 return refusal.response()
         return endpoint
@@ -409,19 +335,6 @@ class MessageEndpoints:
             Route("/v2/messages/{id}", self.retrieve, methods=["GET"]),
             Route("/v2/messages/{id}", self.cancel, methods=["DELETE"]),
         ]
-
-
-def _whatsapp_body(content: dict[str, Any]) -> dict[str, Any]:
-    """The answer's ``body``: the content of the message's one ``type`` (a request may carry objects of other
-    types; they are not sent), in the spec's response shape, where a contact's ``name`` is a string."""
-    kind = content["type"]
-    body = {"type": kind, kind: copy.deepcopy(content.get(kind))}
-    if kind == "contacts" and isinstance(body[kind], list):
-        for contact in body[kind]:
-            name = contact.get("name") if isinstance(contact, dict) else None
-            if isinstance(name, dict):
-                contact["name"] = name.get("formatted_name")
-    return body
 
 
 def _not_found() -> Refusal:

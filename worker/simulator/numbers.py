@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.simulator import inventory
+import worker.simulator.inventory as inventory
 from worker.simulator.http import Refusal, error_body, json_object, paged, require_auth
 
 if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
+    from worker.simulator.core import Simulator
 
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 NUMBER_TYPES = ("tollfree", "longcode", "shortcode")
@@ -112,7 +112,7 @@ def filtered(request: Request, records: list[dict[str, Any]]) -> list[dict[str, 
     kind = _choice(request, "filter[type]", NUMBER_TYPES)
     order = _choice(request, "sort[phone_number]", ("asc", "desc"))
     exact = {n.strip() for n in query["filter[phone_number]"].split(",")} if query.get("filter[phone_number]") else None
-    checks = [
+    checks: list[Callable[[dict[str, Any]], bool]] = [
         lambda r: query.get("filter[messaging_profile_id]") in (None, r["messaging_profile_id"]),
         lambda r: exact is None or r["phone_number"] in exact,
         lambda r: query.get("filter[phone_number][contains]", "") in r["phone_number"],

@@ -1,14 +1,11 @@
-"""Opt-outs in the simulator: inbound STOP / START from a recipient, the block list they build, and
-``GET /v2/messaging_optouts`` serving it.
-
-Telnyx applies the block per messaging profile: after a recipient texts STOP to a profile's number, sends
-from that profile to them answer 409 / 40300 until they text START or UNSTOP. In the list, ``from`` is the
-Telnyx number that received the STOP and ``to`` the recipient who sent it.
+"""Opt-out endpoints of the simulator: ``GET /v2/messaging_optouts`` serving the block list
+(:mod:`worker.simulator.optout_list`), and ``POST /_sim/inbound``, where a recipient texts one of our numbers
+(a STOP or START in it changes the list).
 """
 
 from __future__ import annotations
 
-import threading
+import operator
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,52 +18,7 @@ from worker.simulator.http import Refusal, json_object, paged, require_auth
 from worker.simulator.state import now_iso
 
 if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
-
-OPT_OUT = frozenset({"stop", "stopall", "stop all", "unsubscribe", "cancel", "end", "quit"})
-OPT_IN = frozenset({"start", "unstop"})
-
-
-def keyword(text: str | None) -> str | None:
-    word = " ".join((text or "").split()).lower()
-    return word if word in OPT_OUT | OPT_IN else None
-
-
-class OptOutList:
-    """The block rules, one per (recipient, messaging profile)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rules: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def reset(self) -> None:
-        with self._lock:
-            self._rules.clear()
-
-    def blocks(self, sender: str, recipient: str, profile: str) -> bool:
-        with self._lock:
-            return (recipient, profile) in self._rules
-
-    def apply(self, *, recipient: str, number: str, profile: str, text: str | None) -> str | None:
-        """Update the list for an inbound message; returns the keyword that acted, if any."""
-        found = keyword(text)
-        with self._lock:
-            if found in OPT_OUT:
-                self._rules.setdefault((recipient, profile), {
-                    "from": number, "to": recipient, "keyword": found.upper(), "messaging_profile_id": profile,
-                    "created_at": now_iso(),
-                })
-            elif found in OPT_IN:
-                self._rules.pop((recipient, profile), None)
-        return found
-
-    def add(self, rule: dict[str, Any]) -> None:
-        with self._lock:
-            self._rules[(rule["to"], rule["messaging_profile_id"])] = rule
-
-    def rules(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return sorted(self._rules.values(), key=lambda r: r["created_at"])
+    from worker.simulator.core import Simulator
 
 
 def _matches(rule: dict[str, Any], request: Request) -> bool:
@@ -76,10 +28,10 @@ def _matches(rule: dict[str, Any], request: Request) -> bool:
         query.get("filter[from]") in (None, rule["from"]),
     ]
     created = datetime.fromisoformat(rule["created_at"])
-    for bound, keep in (("created_at[gte]", lambda b: created >= b), ("created_at[lte]", lambda b: created <= b)):
+    for bound, keep in (("created_at[gte]", operator.ge), ("created_at[lte]", operator.le)):
         if query.get(bound):
             try:
-                checks.append(keep(datetime.fromisoformat(query[bound].replace("Z", "+00:00"))))
+                checks.append(keep(created, datetime.fromisoformat(query[bound].replace("Z", "+00:00"))))
             except ValueError:
                 raise Refusal(400, "10015", "Bad Request", f"{bound} must be an ISO-8601 date-time.") from None
     return all(checks)

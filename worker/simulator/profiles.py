@@ -9,6 +9,7 @@ assign numbers to them.
 from __future__ import annotations
 
 import copy
+import operator
 import re
 import secrets
 import threading
@@ -20,13 +21,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.simulator import inventory, rules, usage
+import worker.simulator.inventory as inventory
+import worker.simulator.rules as rules
+import worker.simulator.usage as usage
 from worker.simulator.http import json_object, paged
 from worker.simulator.numbers import QueryRefusal, guarded, invalid, missing, not_found, profile_value
 from worker.simulator.state import ORGANIZATION_ID, now_iso
 
 if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
+    from worker.simulator.core import Simulator
 
 SECOND_PROFILE_ID = "7d1b0fd5-3a3f-4a3b-9f44-2d6a1c5e2b10"
 SEEDED_SENDER = "SENDQ"
@@ -191,7 +194,7 @@ def autoresp_body(body: dict[str, Any]) -> dict[str, Any]:
 
 def _dated(request: Request, record: dict[str, Any]) -> bool:
     for name in ("created_at", "updated_at"):
-        for bound, keep in (("gte", lambda a, b: a >= b), ("lte", lambda a, b: a <= b)):
+        for bound, keep in (("gte", operator.ge), ("lte", operator.le)):
             raw = request.query_params.get(f"{name}[{bound}]")
             if not raw:
                 continue

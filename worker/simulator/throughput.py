@@ -14,19 +14,17 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.simulator import rules
+import worker.simulator.rules as rules
 from worker.simulator.http import Refusal, config_from_json, telnyx_error
-
-if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
 
 SENDER_TYPES = ("long_code", "toll_free", "short_code", "alphanumeric")
 #: Telnyx's documented default rates per sender (reference only: the simulator's default is unlimited).
@@ -227,17 +225,20 @@ def max_in_window(events: list[tuple[float, int]], window_s: float = 1.0) -> int
     return best
 
 
-def routes(sim: Simulator) -> list[Route]:
-    """``GET /_sim/throughput[?from=SENDER]``: per-sender summary; ``POST`` a ThroughputConfig to replace it."""
+def routes(throughput: Throughput, clock: Callable[[], float]) -> list[Route]:
+    """``GET /_sim/throughput[?from=SENDER]``: per-sender summary; ``POST`` a ThroughputConfig to replace it.
+
+    ``clock`` is the simulator's time (seconds since it started), which the timeline is kept in.
+    """
 
     async def show(request: Request) -> Response:
-        return JSONResponse(sim.throughput.summary(sim.elapsed(), request.query_params.get("from")))
+        return JSONResponse(throughput.summary(clock(), request.query_params.get("from")))
 
     async def change(request: Request) -> Response:
         try:
-            sim.throughput.config = config_from_json(ThroughputConfig, await request.json())
+            throughput.config = config_from_json(ThroughputConfig, await request.json())
         except (ValueError, TypeError) as exc:
             return telnyx_error(400, "10015", "Bad Request", str(exc))
-        return JSONResponse(sim.throughput.summary(sim.elapsed()))
+        return JSONResponse(throughput.summary(clock()))
 
     return [Route("/_sim/throughput", show, methods=["GET"]), Route("/_sim/throughput", change, methods=["POST"])]

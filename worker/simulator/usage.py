@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from worker.simulator import inventory
+import worker.simulator.inventory as inventory
 
 if TYPE_CHECKING:
-    from worker.simulator.app import Simulator
+    from worker.simulator.core import Simulator
 
 #: Window and bucket width of each ``time_frame`` Telnyx accepts (24h is its default).
 TIME_FRAMES = {
@@ -44,7 +44,7 @@ class Sent:
 def traffic(sim: Simulator, profile_id: str, since: datetime) -> list[Sent]:
     """Every recipient the profile sent to since ``since``."""
     book = inventory.book(sim)
-    found = []
+    found: list[Sent] = []
     for message in list(sim.state.messages.values()):
         payload = message.payload
         at = datetime.fromisoformat(payload["received_at"])
