@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import dramatiq
 from prometheus_client.multiprocess import mark_process_dead
@@ -42,7 +41,8 @@ def respawn_delay(quick_exits: int, first_s: float = FIRST_RESPAWN_DELAY_S,
     for the first, then ``first_s``, doubling, at most ``max_s``."""
     if quick_exits <= 1:
         return 0.0
-    return min(first_s * 2 ** min(quick_exits - 2, 32), max_s)
+    delay: float = min(first_s * 2 ** min(quick_exits - 2, 32), max_s)  # int ** int is typed Any
+    return delay
 
 
 def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int = 8,
@@ -79,7 +79,7 @@ class Pool:
         self.threads = threads
         self.queues = list(queues)
         self.target = target
-        self._context: Any = multiprocessing.get_context("spawn")
+        self._context = multiprocessing.get_context("spawn")
         self._children: list[BaseProcess] = []
         # Per slot: when its child started, how many children in a row exited soon after starting, and when the
         # next one is due while the slot waits out its delay (None: not waiting).
@@ -161,7 +161,8 @@ class Pool:
             log.warning("worker process %s exited with %s after %.1f s; starting another", child.pid,
                         child.exitcode, lived)
         if self._metrics_dir is not None and child.pid is not None:
-            mark_process_dead(child.pid, self._metrics_dir.path)
+            # mark_process_dead has no annotations in prometheus_client.
+            mark_process_dead(child.pid, self._metrics_dir.path)  # type: ignore[no-untyped-call]
         self._respawn_at[slot] = now + delay
         return now + delay
 
