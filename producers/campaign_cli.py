@@ -17,10 +17,13 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from producers.output import cell, emit, group_only, subcommand
 from worker.errors import ValidationError
+
+if TYPE_CHECKING:
+    from producers.producer import Producer
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 SHOWN = ("id", "name", "status", "recipients", "rows_read", "rows_invalid", "duplicates", "not_created",
@@ -80,7 +83,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def watch(producer: Any, campaign_id: str, interval_s: float, *, out: TextIO | None = None,
+def watch(producer: Producer, campaign_id: str, interval_s: float, *, out: TextIO | None = None,
           timeout_s: float | None = None) -> dict[str, Any]:
     """A live progress bar until the campaign is completed, cancelled or paused (or ``timeout_s`` passed)."""
     from rich.console import Console

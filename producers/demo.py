@@ -174,9 +174,11 @@ def _campaign(producer: Producer, out: TextIO) -> bool:
     print(f"campaign {created['id'][:8]}: {created['recipients']} recipients, {created['rows_invalid']} row "
           f"error (no first_name)", file=out)
     record = watch(producer, created["id"], 0.2, out=out, timeout_s=WAIT_S)
-    delivered = record["messages"].get(statuses.DELIVERED, 0)
-    print(f"campaign {record['status']}: {delivered} delivered", file=out)
-    return record["status"] == "completed" and delivered == created["recipients"] == 39
+    status: str = record["status"]
+    delivered: int = record["messages"].get(statuses.DELIVERED, 0)
+    recipients: int = created["recipients"]
+    print(f"campaign {status}: {delivered} delivered", file=out)
+    return status == "completed" and delivered == recipients == 39
 
 
 def _wait_final(producer: Producer, ids: list[str], timeout_s: float) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ def limiter() -> Iterator[Any]:
     from worker.settings import Settings
 
     settings, embedded = resolve_redis(Settings.from_env())
+    assert settings.redis_url is not None  # resolve_redis sets it
     client = redis.Redis.from_url(settings.redis_url)
     try:
         yield Limiter.from_settings(client, settings)

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def subcommand(group: Any, name: str, handler: Callable[[argparse.Namespace], int],
-               help_text: str) -> argparse.ArgumentParser:
+def subcommand(group: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+               handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
     """A subcommand under ``group`` (``sendq numbers list``, ...) that takes ``--json``."""
     command = group.add_parser(name, help=help_text, description=help_text)
     command.set_defaults(handler=handler)

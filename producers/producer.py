@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 
 from producers.campaign import CampaignOptions, ingest, numbered
 from producers.validation import SendRequest, validate
@@ -62,7 +62,7 @@ class Producer:
 
     @classmethod
     @raising_outages
-    def connect(cls, settings: Settings | None = None, *, broker: dramatiq.Broker | None = None) -> Producer:
+    def connect(cls, settings: Settings | None = None, *, broker: RedisBroker | None = None) -> Producer:
         """A producer for ``settings`` (default: from the environment), joining the embedded Redis if needed."""
         settings, embedded = resolve_redis(settings or Settings.from_env())
         broker = broker or build_broker(settings)

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
@@ -34,27 +35,22 @@ if TYPE_CHECKING:
 class Actors:
     """The actors of one broker. ``services`` is required to run jobs, not to enqueue them."""
 
-    def __init__(self, broker: dramatiq.Broker, services: Services | None = None) -> None:
+    def __init__(self, broker: RedisBroker, services: Services | None = None) -> None:
         self.broker = broker
         self._services = services
-        self.send_message = dramatiq.actor(
-            self._send_message, broker=broker, actor_name="send_message", queue_name=DEFAULT,
-            throws=(NotFoundError, ConfigurationError),
-        )
-        self.apply_event = dramatiq.actor(
-            self._apply_event, broker=broker, actor_name="apply_event", queue_name=EVENTS,
-        )
+        # dramatiq.actor(**options)(fn) is dramatiq.actor(fn, **options) in the form dramatiq's typed overloads take.
+        self.send_message = dramatiq.actor(broker=broker, actor_name="send_message", queue_name=DEFAULT,
+                                           throws=(NotFoundError, ConfigurationError))(self._send_message)
+        self.apply_event = dramatiq.actor(broker=broker, actor_name="apply_event",
+                                          queue_name=EVENTS)(self._apply_event)
         #: A batch of webhook events, as ``sendq web`` gathers them (one job per batch).
-        self.apply_events = dramatiq.actor(
-            self._apply_events, broker=broker, actor_name="apply_events", queue_name=EVENTS,
-        )
-        self.bulk_update = dramatiq.actor(
-            self._bulk_update, broker=broker, actor_name="bulk_update", queue_name=DEFAULT,
-        )
+        self.apply_events = dramatiq.actor(broker=broker, actor_name="apply_events",
+                                           queue_name=EVENTS)(self._apply_events)
+        self.bulk_update = dramatiq.actor(broker=broker, actor_name="bulk_update",
+                                          queue_name=DEFAULT)(self._bulk_update)
         # Short bookkeeping that must not wait behind a backlog of sends: it rides the events queue.
-        self.expand_campaign = dramatiq.actor(
-            self._expand_campaign, broker=broker, actor_name="expand_campaign", queue_name=EVENTS,
-        )
+        self.expand_campaign = dramatiq.actor(broker=broker, actor_name="expand_campaign",
+                                              queue_name=EVENTS)(self._expand_campaign)
 
     @property
     def services(self) -> Services:

@@ -39,9 +39,10 @@ def build_broker(settings: Settings, *, dependencies: Dependencies | None = None
         CurrentMessage(),
     ]
     # Faster recovery of a killed worker's jobs than dramatiq's defaults (60 s, 0.1%): see settings.
-    broker = RedisBroker(url=settings.redis_url, namespace=settings.namespace, middleware=middleware,
-                         heartbeat_timeout=settings.heartbeat_timeout_ms,
-                         maintenance_chance=settings.maintenance_chance)
+    # RedisBroker.__init__ has no annotations in dramatiq.
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=settings.redis_url, namespace=settings.namespace, middleware=middleware,
+        heartbeat_timeout=settings.heartbeat_timeout_ms, maintenance_chance=settings.maintenance_chance)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

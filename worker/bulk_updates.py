@@ -75,7 +75,8 @@ def check_request(profile_id: Any, numbers: Any, assign_only: Any = False) -> tu
 
 def poll_delay(polls: int) -> float:
     """Seconds before the next poll after ``polls`` polls: 1, 2, 4, ... capped at :data:`MAX_POLL_DELAY_S`."""
-    return min(MAX_POLL_DELAY_S, FIRST_POLL_DELAY_S * 2 ** min(polls, 16))
+    delay: float = min(MAX_POLL_DELAY_S, FIRST_POLL_DELAY_S * 2 ** min(polls, 16))  # int ** int is typed Any
+    return delay
 
 
 def merge(numbers: Sequence[str], current: Mapping[str, Any], views: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

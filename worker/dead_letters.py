@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -97,10 +97,11 @@ class DeadLetters:
         found = []
         for queue in self.queues:
             dead, payloads = self._keys(queue)
-            scored = self.client.zrange(dead, 0, -1, withscores=True)
+            # A bytes client (no decode_responses): redis-py types its answers for either kind of client.
+            scored = cast("builtins.list[tuple[bytes, float]]", self.client.zrange(dead, 0, -1, withscores=True))
             if not scored:
                 continue
-            datas = self.client.hmget(payloads, [member for member, _ in scored])
+            datas = cast("builtins.list[bytes | None]", self.client.hmget(payloads, [member for member, _ in scored]))
             found += [self._entry(queue, member.decode(), score, data)
                       for (member, score), data in zip(scored, datas, strict=True) if data is not None]
         return sorted(found, key=lambda e: e.failed_at)
@@ -163,19 +164,20 @@ class DeadLetters:
         reason = self._not_replayable(entry)
         if reason:
             return Replay(key, entry.actor, False, entry.status, reason)
-        data = self.client.hget(self._keys(entry.queue)[1], entry.redis_id)
+        # A bytes client (no decode_responses): redis-py types its answers for either kind of client.
+        data = cast("bytes | None", self.client.hget(self._keys(entry.queue)[1], entry.redis_id))
         if data is None:  # replayed or purged by someone else meanwhile
             return Replay(key, entry.actor, False, entry.status, "no longer in the dead-letter queue")
         dead = Message.decode(data)
-        args = dead.args
+        args: tuple[Any, ...] = dead.args
         if dead.actor_name == SEND and entry.message_id:
             # The replayed job must own the message, or it would stop as superseded.
             generation = self.store.next_job(entry.message_id, after=None, due_at=utcnow())
             if generation is None:
                 return Replay(key, entry.actor, False, entry.status, "no longer queued")
-            args = [entry.message_id, generation]
+            args = (entry.message_id, generation)
         options = {k: v for k, v in dead.options.items() if k not in _RESET_OPTIONS}
-        fresh = Message(queue_name=q_name(dead.queue_name), actor_name=dead.actor_name, args=args,
+        fresh: Message[Any] = Message(queue_name=q_name(dead.queue_name), actor_name=dead.actor_name, args=args,
                         kwargs=dead.kwargs, options=options, message_id=dead.message_id)
         try:
             self.broker.enqueue(fresh)

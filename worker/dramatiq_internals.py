@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import Retries
@@ -50,17 +51,21 @@ class OutageRetries(Retries):
         super().__init__(**options)
         self.dependencies = dependencies
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None,
+    def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *, result: Any = None,
                               exception: BaseException | None = None) -> None:
         outage = unavailable(exception) if exception is not None and self.dependencies is not None else None
         if outage is None or self.dependencies is None:
-            super().after_process_message(broker, message, result=result, exception=exception)
+            # Retries.after_process_message has no annotations in dramatiq.
+            super().after_process_message(  # type: ignore[no-untyped-call]
+                broker, message, result=result, exception=exception)
             return
         self.dependencies.failed(outage)
         while True:
             self.dependencies.wait()
             try:
-                broker.enqueue(message, delay=RESUME_DELAY_MS)
+                # The proxy forwards every attribute to its Message, and enqueue only reads and copies it (as
+                # dramatiq's own Retries does with a proxy's copy); dramatiq types enqueue for a Message only.
+                broker.enqueue(cast("dramatiq.Message[Any]", message), delay=RESUME_DELAY_MS)
                 return
             except Exception as exc:
                 again = unavailable(exc)
@@ -82,16 +87,18 @@ class AsyncEnqueue:
         self.dispatch = client.register_script(broker.scripts["dispatch"].script)
         self.unpack_size: int | None = None
 
-    async def __call__(self, message: dramatiq.Message) -> None:
+    async def __call__(self, message: dramatiq.Message[Any]) -> None:
         broker = self.broker
-        if self.unpack_size is None:
+        unpack_size = self.unpack_size
+        if unpack_size is None:
             # Asks Redis once per process (a blocking call, cached by dramatiq) unless set by the environment.
-            self.unpack_size = await run_in_threadpool(broker._max_unpack_size)
+            # int(): the method is unannotated in dramatiq; it gives an int (from the environment or Redis).
+            unpack_size = self.unpack_size = int(await run_in_threadpool(broker._max_unpack_size))
         message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
         broker.emit_before("enqueue", message, None)
         await self.dispatch(keys=[broker.namespace], args=[
             "enqueue", current_millis(), message.queue_name, broker.broker_id, broker.heartbeat_timeout,
-            broker.dead_message_ttl, broker._should_do_maintenance("enqueue"), self.unpack_size,
+            broker.dead_message_ttl, broker._should_do_maintenance("enqueue"), unpack_size,
             message.options["redis_message_id"], message.encode(),
         ])
         broker.emit_after("enqueue", message, None)

@@ -76,8 +76,8 @@ class Hooks:
     def _send(self, hook: str, target: Target | None, payload: dict[str, Any]) -> bool:
         if target is None or self.broker is None:
             return False
-        message = dramatiq.Message(queue_name=target.queue_name, actor_name=target.actor_name, args=(payload,),
-                                   kwargs={}, options={})
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=target.queue_name, actor_name=target.actor_name, args=(payload,), kwargs={}, options={})
         try:
             self.broker.enqueue(message)
         except (redis.RedisError, DramatiqError, TypeError, ValueError):

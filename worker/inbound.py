@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from worker.store import inbound_messages, insert_new, link_clicks, utcnow
+from worker.store import NamedRow, inbound_messages, insert_new, link_clicks, utcnow
 from worker.suppressions import keyword
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class Inbound:
             return [{"url": url, "to": to, "clicked_at": _iso(at)} for url, to, at in conn.execute(query)]
 
     @staticmethod
-    def _as_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    def _as_record(row: NamedRow) -> dict[str, Any]:
         """What the inbound hook receives: the message, with its media and the keyword it carried."""
         body = row["body"] or {}
         return {

@@ -180,7 +180,7 @@ class Limiter:
         redis_keys = [*(self.sender_key(keys.sender_type, keys.sender, suffix) for suffix in ("tat", "bulk", "urgent")),
                       self.account_key(keys.account), self.sender_key(keys.sender_type, keys.sender, "tickets"),
                       *holds]
-        args = [t_sender, interval_us(account.mps), t_bulk, repr(float(self.burst)), int(cost),
+        args: list[int | str] = [t_sender, interval_us(account.mps), t_bulk, repr(float(self.burst)), int(cost),
                 math.floor(max_wait_s * US), int(urgent), math.ceil(self.urgent_active_s * 1000)]
         granted, wait_us, by, now_us = self._reserve(keys=redis_keys, args=args)
         return Reservation(bool(granted), wait_us / US, _LIMITED_BY[int(by)], int(now_us) + int(wait_us))

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 REDACTED = "[REDACTED]"
 #: Secrets whose shape is known even when their value is not: bearer tokens and passwords inside URLs.
@@ -118,16 +118,16 @@ class JobArgumentsFilter(logging.Filter):
         return True
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when a record comes (tests and wrappers swap it; a stream kept from
     an earlier moment may be closed by then)."""
 
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value: Any) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 

@@ -114,7 +114,8 @@ def exposition(multiprocess_dir: str | None = None, extra: Iterable[Collector] =
     followed by ``extra`` collectors (read at this call: queue depths and the like)."""
     if multiprocess_dir:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=multiprocess_dir)
+        # MultiProcessCollector.__init__ has no annotations in prometheus_client.
+        MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)

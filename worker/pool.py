@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import dramatiq
 from prometheus_client.multiprocess import mark_process_dead
@@ -43,7 +42,8 @@ def respawn_delay(quick_exits: int, first_s: float = FIRST_RESPAWN_DELAY_S,
     for the first, then ``first_s``, doubling, at most ``max_s``."""
     if quick_exits <= 1:
         return 0.0
-    return min(first_s * 2 ** min(quick_exits - 2, 32), max_s)
+    delay: float = min(first_s * 2 ** min(quick_exits - 2, 32), max_s)  # int ** int is typed Any
+    return delay
 
 
 def start_worker(actors: Actors, *, queues: Iterable[str] = QUEUES, threads: int = 8,
@@ -85,7 +85,7 @@ class Pool:
         self.released = released
         #: Per slot: the broker worker id its child was given (see :func:`worker.dramatiq_internals.name_worker`).
         self._worker_ids: list[str] = []
-        self._context: Any = multiprocessing.get_context("spawn")
+        self._context = multiprocessing.get_context("spawn")
         self._children: list[BaseProcess] = []
         # Per slot: when its child started, how many children in a row exited soon after starting, and when the
         # next one is due while the slot waits out its delay (None: not waiting).
@@ -173,7 +173,8 @@ class Pool:
             log.warning("worker process %s exited with %s after %.1f s; starting another", child.pid,
                         child.exitcode, lived)
         if self._metrics_dir is not None and child.pid is not None:
-            mark_process_dead(child.pid, self._metrics_dir.path)
+            # mark_process_dead has no annotations in prometheus_client.
+            mark_process_dead(child.pid, self._metrics_dir.path)  # type: ignore[no-untyped-call]
         if self.released is not None:
             try:
                 self.released(self._worker_ids[slot])

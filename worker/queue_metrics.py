@@ -115,8 +115,8 @@ class RedisSource:
         held_gauge.add_metric(["account"], int(account_held))
         ratio = out.gauge("sendq_limiter_utilization_ratio", "Share of their rate the active senders of a type used "
                           "over the last 10 s, by sender type.", ["sender_type"])
-        for sender_type, value in utilisation(rest[3:3 + UTILISATION_COMMANDS]).items():
-            ratio.add_metric([sender_type], value)
+        for sender_type, share in utilisation(rest[3:3 + UTILISATION_COMMANDS]).items():
+            ratio.add_metric([sender_type], share)
         return out
 
 
@@ -137,13 +137,13 @@ class StoreSource:
                 # A scrape must never hold a database connection for long; SET LOCAL ends with the transaction.
                 conn.execute(sa.text(f"SET LOCAL statement_timeout = {self.timeout_ms}"))
             due, overdue = self._scheduled(conn, now)
-            by_status = dict(conn.execute(sa.select(campaigns.c.status, sa.func.count()).group_by(campaigns.c.status))
-                             .all())
+            by_status: dict[str, int] = dict(
+                conn.execute(sa.select(campaigns.c.status, sa.func.count()).group_by(campaigns.c.status)).all())
             recipients, expanded = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(campaigns.c.recipients), 0),
                           sa.func.coalesce(sa.func.sum(campaigns.c.expanded), 0))
                 .where(campaigns.c.status.in_(ACTIVE_CAMPAIGNS))).one()
-            campaign_messages = dict(conn.execute(
+            campaign_messages: dict[str, int] = dict(conn.execute(
                 sa.select(messages.c.status, sa.func.count())
                 .select_from(messages.join(campaigns, messages.c.campaign_id == campaigns.c.id))
                 .where(campaigns.c.status.in_(ACTIVE_CAMPAIGNS)).group_by(messages.c.status)).all())

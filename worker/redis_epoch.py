@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import cast
 
 import redis
 import sqlalchemy as sa
@@ -37,13 +38,17 @@ class RedisEpoch:
         self._known: str | None = None
         self._loaded = False
 
+    def _get(self) -> bytes | None:
+        # A bytes client (no decode_responses): redis-py types its answers for either kind of client.
+        return cast("bytes | None", self.client.get(self.key))
+
     def lost(self) -> bool:
         """Whether the key is gone or changed since the last look (False the very first time, when no token was
         ever remembered: nothing tells what Redis held before). Redis and store errors propagate."""
         if not self._loaded:
             self._known = self._remembered()
             self._loaded = True
-        found = self.client.get(self.key)
+        found = self._get()
         current = found.decode() if found is not None else None
         if current is not None and current == self._known:
             return False
@@ -51,7 +56,7 @@ class RedisEpoch:
             token = uuid.uuid4().hex
             # NX: two schedulers that both found the key gone agree on one token.
             if not self.client.set(self.key, token, nx=True):
-                found = self.client.get(self.key)
+                found = self._get()
                 token = found.decode() if found is not None else token
             current = token
         was, self._known = self._known, current

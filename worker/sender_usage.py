@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -85,7 +86,8 @@ class UsageRecorder:
             log.debug("could not record sender usage: %s", exc)
 
 
-def queue_utilisation(pipe: redis.client.Pipeline, namespace: str, now: float) -> Callable[[list], dict[str, float]]:
+def queue_utilisation(pipe: redis.client.Pipeline, namespace: str,
+                      now: float) -> Callable[[list[Any]], dict[str, float]]:
     """Queue the reads of every sender type's utilisation on ``pipe``; returns how to read the answers.
 
     The returned function takes the answers of exactly these commands (in order) and gives ``{type: ratio}``.
@@ -95,8 +97,8 @@ def queue_utilisation(pipe: redis.client.Pipeline, namespace: str, now: float) -
         pipe.mget([used_key(namespace, sender_type, s) for s in seconds])
         pipe.zcount(senders_key(namespace, sender_type), now - WINDOW_S, "+inf")
 
-    def read(answers: list) -> dict[str, float]:
-        found = {}
+    def read(answers: list[Any]) -> dict[str, float]:
+        found: dict[str, float] = {}
         for i, sender_type in enumerate(SENDER_TYPES):
             buckets, active = answers[2 * i], answers[2 * i + 1]
             used = sum(float(v) for v in buckets if v is not None)

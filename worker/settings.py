@@ -206,6 +206,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_hook(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Raises worker.errors.ValidationError naming the variable: CLI exit 2.
+        assert info.field_name is not None  # a field validator always runs for a named field
         Target.parse(value, f"SENDQ_{info.field_name.upper()}")
         return value.strip() if value and value.strip() else None
 

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from worker import metrics
 from worker.errors import ValidationError
 from worker.sms import is_e164, sender_kind
-from worker.store import inbound_messages, insert_new, lock_names, suppressions, utcnow
+from worker.store import NamedRow, inbound_messages, insert_new, lock_names, suppressions, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -110,7 +110,7 @@ class Suppression:
         return {**asdict(self), "created_at": self.created_at.isoformat()}
 
 
-def _covered_by_opt_in(row: Mapping[str, Any], profile: str | None, number: str | None) -> bool:
+def _covered_by_opt_in(row: NamedRow, profile: str | None, number: str | None) -> bool:
     """Whether a START received by ``number`` on ``profile`` lifts the block ``row``.
 
     It lifts blocks of its profile and of its number, and blocks learned from a 40300 whose profile sendq
@@ -259,7 +259,7 @@ class Suppressions:
         return any(_covered_by_opt_in(row, profile, number) for profile, number in starts)
 
     @staticmethod
-    def _delete(conn: Connection, rows: Iterable[Mapping[str, Any]], at: datetime) -> int:
+    def _delete(conn: Connection, rows: Iterable[NamedRow], at: datetime) -> int:
         deleted = 0
         for row in rows:
             deleted += conn.execute(suppressions.delete().where(

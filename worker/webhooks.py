@@ -85,7 +85,7 @@ class WebhookBatcher:
     decides between two deliveries of one id wherever they land. Lives on one event loop; made in the lifespan.
     """
 
-    def __init__(self, redis: aioredis.Redis, actors: Actors, enqueue: Callable[[Message], Awaitable[None]], *,
+    def __init__(self, redis: aioredis.Redis, actors: Actors, enqueue: Callable[[Message[Any]], Awaitable[None]], *,
                  dedupe_ttl_s: int, window_s: float, max_size: int, store: Store | None = None,
                  dependencies: Dependencies | None = None) -> None:
         self.redis, self.actors, self.enqueue = redis, actors, enqueue
@@ -110,7 +110,7 @@ class WebhookBatcher:
         if self._closed:
             self._counters[UNAVAILABLE].inc()
             return UNAVAILABLE
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._keys.append(key)
         self._events.append(event)
         self._waiters.append(waiter)
@@ -275,7 +275,9 @@ def _parse(body: bytes) -> dict[str, Any] | None:
         event = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         return None
-    data = event.get("data") if isinstance(event, dict) else None
+    if not isinstance(event, dict):
+        return None
+    data = event.get("data")
     if not isinstance(data, dict):
         return None
     if data.get("record_type") == "link_clicked":

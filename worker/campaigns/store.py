@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -14,8 +14,12 @@ from sqlalchemy.engine import Connection, Engine
 from worker import statuses
 from worker.broker import JOB_TIME_LIMIT_MS
 from worker.errors import NotFoundError
-from worker.store import campaign_counts, campaign_recipients, campaigns, history, messages, new_id, utcnow
+from worker.store import NamedRow, campaign_counts, campaign_recipients, campaigns, history, messages, new_id, utcnow
+from worker.store.engine import dialect_insert
 from worker.suppressions import Suppressions
+
+if TYPE_CHECKING:
+    import psycopg
 
 SCHEDULED, RUNNING, PAUSED, CANCELLED, COMPLETED = "scheduled", "running", "paused", "cancelled", "completed"
 ACTIVE = (SCHEDULED, RUNNING)
@@ -43,11 +47,8 @@ def _insert_ignoring_duplicates(conn: Connection, table: sa.Table, rows: list[di
     """Insert ``rows``, skipping any a unique key already holds; returns what was inserted."""
     if not rows:
         return []
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return list(conn.execute(insert(table).on_conflict_do_nothing().returning(*returning), rows))
+    statement = dialect_insert(conn.dialect.name, table).on_conflict_do_nothing().returning(*returning)
+    return list(conn.execute(statement, rows))
 
 
 def _copy_recipients(conn: Connection, campaign_id: str, rows: list[dict[str, Any]]) -> int:
@@ -55,8 +56,9 @@ def _copy_recipients(conn: Connection, campaign_id: str, rows: list[dict[str, An
     a statement per row or bind parameters to build, three times the rate of a multi-row INSERT here."""
     if not rows:
         return 0
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cursor:  # type: ignore[union-attr]
+    # psycopg's connection: SQLAlchemy types the driver's connection as Any (or None once closed).
+    raw = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+    with raw.cursor() as cursor:
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS sendq_recipients_in (seq integer, phone text, sender text, "
                        "text text) ON COMMIT DELETE ROWS")
         with cursor.copy("COPY sendq_recipients_in (seq, phone, sender, text) FROM STDIN") as copy:
@@ -260,7 +262,7 @@ class Campaigns:
                         updated_at=utcnow())).rowcount
         return (len(page) if moved else 0), [r.id for r in created if r.status == statuses.QUEUED]
 
-    def _suppressed(self, campaign: Mapping[str, Any], page: list[Mapping[str, Any]]) -> set[str]:
+    def _suppressed(self, campaign: Mapping[str, Any], page: Sequence[NamedRow]) -> set[str]:
         """Recipients of ``page`` on the suppression list for their sender or the campaign's profile."""
         by_sender: dict[str | None, list[str]] = {}
         for recipient in page:
@@ -270,7 +272,7 @@ class Campaigns:
                 for phone in book.suppressed(phones, sender=sender, profile=campaign["messaging_profile_id"])}
 
     @staticmethod
-    def _message(campaign: Mapping[str, Any], recipient: Mapping[str, Any], suppressed: bool) -> dict[str, Any]:
+    def _message(campaign: Mapping[str, Any], recipient: NamedRow, suppressed: bool) -> dict[str, Any]:
         now = utcnow()
         body = {**campaign["body"], "to": recipient["phone"]}
         if recipient["sender"]:

@@ -80,14 +80,14 @@ class Fold:
         ``delivery_failed`` / ``delivery_unconfirmed`` when they differ (not everyone got it).
         """
         recipients = self.row["recipients"]
-        reported = [(e.get("phone_number"), e.get("status")) for e in entries
-                    if e.get("status") in statuses.TELNYX_FINAL]
+        reported: list[tuple[str | None, str]] = [(e.get("phone_number"), e["status"]) for e in entries
+                                                  if e.get("status") in statuses.TELNYX_FINAL]
         if len(recipients) == 1:
             return reported[0][1] if reported else None
         known = self.recipient_statuses
         named = False
         for number, status in reported:
-            if number in recipients:
+            if number is not None and number in recipients:
                 named = True
                 if statuses.RANK[status] > statuses.RANK[known.get(number, statuses.SUBMITTED)]:
                     known[number] = status

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from worker.store.engine import create_engine, insert_ignoring, insert_new, lock_names
+from worker.store.engine import NamedRow, create_engine, insert_ignoring, insert_new, lock_names
 from worker.store.events import EventRecords, FoldedMessage
 from worker.store.messages import CONDITIONS, ENQUEUE_PENDING, MessageRecords, NewMessage
 from worker.store.migration import migrate
@@ -38,8 +38,8 @@ from worker.store.schema import (
 from worker.store.triggers import COUNTS_BACKFILLED
 
 __all__ = [
-    "CONDITIONS", "COUNTS_BACKFILLED", "ENQUEUE_PENDING", "FoldedMessage", "NewMessage", "Store", "bulk_updates",
-    "campaign_counts",
+    "CONDITIONS", "COUNTS_BACKFILLED", "ENQUEUE_PENDING", "FoldedMessage", "NamedRow", "NewMessage", "Store",
+    "bulk_updates", "campaign_counts",
     "campaign_recipients", "campaigns", "create_engine", "events", "history", "inbound_messages", "insert_ignoring",
     "insert_new", "link_clicks", "lock_names", "messages", "metadata", "new_id", "suppressions", "sync_state",
     "utcnow",

@@ -6,12 +6,20 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, RowMapping
 
 from worker.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+
+#: A row read by column name: a dict sendq built, or a RowMapping from SQLAlchemy (whose keys may also be
+#: Column objects, so it is no Mapping[str, Any]).
+NamedRow = Mapping[str, Any] | RowMapping
 
 #: A pooled connection idle longer than this is pinged before use; a busy one is not. A pre-ping on every
 #: checkout would add a round trip to each of the send path's two statements; after a database restart an idle
@@ -87,17 +95,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 @functools.lru_cache(maxsize=32)
+def dialect_insert(dialect: str, table: sa.Table) -> PostgresInsert | SqliteInsert:
+    """An INSERT with the dialect's own ``on_conflict_*`` clauses: PostgreSQL's, else SQLite's."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgres_insert
+
+        return postgres_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
 def insert_ignoring(dialect: str, table: sa.Table) -> Any:
     """INSERT that skips rows whose key is already there, returning the key of each row it wrote.
 
     Inside a larger transaction a duplicate must not raise: on PostgreSQL the error would abort the whole
     transaction. The key comes back because psycopg gives no rowcount for INSERT ... ON CONFLICT.
     """
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return dialect_insert(dialect, table).on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def insert_new(conn: Connection, table: sa.Table, row: Mapping[str, Any]) -> bool:

@@ -54,8 +54,11 @@ class EventRecords:
         pysqlite begins a transaction only before a write, so a read-then-write batch would read outside it.
         PostgreSQL needs nothing: the batch's rows are locked by :meth:`lock_messages`.
         """
-        if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.dialect.name == "sqlite":
+            raw = conn.connection.dbapi_connection
+            assert raw is not None  # a connection in use holds its DBAPI connection
+            if not raw.in_transaction:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @staticmethod
     def keep_events(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from worker.store.engine import dialect_insert
 from worker.store.schema import campaign_counts, messages, sync_state, utcnow
 
 #: A claim given back (``sending`` -> ``queued`` returning the attempt: the send was deferred, by the limiter,
@@ -152,16 +153,13 @@ def install_campaign_counts(conn: Connection) -> None:
     dialect = conn.dialect.name
     for statement in CAMPAIGN_COUNT_TRIGGERS[dialect]:
         conn.execute(sa.text(statement))
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     # RETURNING, not rowcount: SQLAlchemy does not report psycopg's rowcount of an INSERT.
-    claimed = conn.execute(insert(sync_state).values(name=COUNTS_BACKFILLED, value="1", updated_at=utcnow())
+    claimed = conn.execute(dialect_insert(dialect, sync_state)
+                           .values(name=COUNTS_BACKFILLED, value="1", updated_at=utcnow())
                            .on_conflict_do_nothing().returning(sync_state.c.name)).first()
     if claimed is None:
         return
-    shard = sa.literal_column(_COUNT_SHARD[dialect].format(id="messages.id"))
+    shard: sa.ColumnClause[int] = sa.literal_column(_COUNT_SHARD[dialect].format(id="messages.id"))
     # SQLite's shard is the constant 0, which GROUP BY would take for a column number.
     keys = [messages.c.campaign_id, messages.c.status, *([shard] if dialect == "postgresql" else [])]
     conn.execute(campaign_counts.delete())

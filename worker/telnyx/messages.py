@@ -31,18 +31,18 @@ class Messages:
 
     def send(self, endpoint: str, payload: Mapping[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
         """POST a prepared body to a send ``endpoint``; returns the message (``data``)."""
-        return self._t.data("POST", endpoint, json=dict(payload), idempotency_key=idempotency_key)
+        return self._t.data_object("POST", endpoint, json=dict(payload), idempotency_key=idempotency_key)
 
     def retrieve(self, message_id: str) -> dict[str, Any]:
         """``GET /messages/{id}``; Telnyx keeps messages for 10 days."""
-        return self._t.data("GET", f"/messages/{message_id}")
+        return self._t.data_object("GET", f"/messages/{message_id}")
 
     def cancel_scheduled(self, message_id: str) -> dict[str, Any]:
         """``DELETE /messages/{id}``: only while ``scheduled`` and more than a minute before ``send_at``.
 
         The spec answers with the message at the top level, some docs wrap it in ``data``: both are accepted.
         """
-        return self._t.data("DELETE", f"/messages/{message_id}")
+        return self._t.data_object("DELETE", f"/messages/{message_id}")
 
     def retrieve_group(self, message_id: str) -> list[dict[str, Any]]:
         """``GET /messages/group/{message_id}``: one payload per recipient of a group MMS."""

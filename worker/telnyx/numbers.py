@@ -40,7 +40,7 @@ class Numbers:
 
     def retrieve(self, number_id: str) -> dict[str, Any]:
         """``GET /phone_numbers/{id}/messaging``: the number's profile, product, features and health."""
-        return self._t.data("GET", f"/phone_numbers/{segment(number_id)}/messaging")
+        return self._t.data_object("GET", f"/phone_numbers/{segment(number_id)}/messaging")
 
     def update(self, number_id: str, *, messaging_profile_id: str | None = None,
                messaging_product: str | None = None, tags: Sequence[str] | None = None) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class Numbers:
         the number, a profile UUID assigns it."""
         payload = body(messaging_profile_id=messaging_profile_id, messaging_product=messaging_product,
                        tags=None if tags is None else list(tags))
-        return self._t.data("PATCH", f"/phone_numbers/{segment(number_id)}/messaging", json=payload)
+        return self._t.data_object("PATCH", f"/phone_numbers/{segment(number_id)}/messaging", json=payload)
 
     def list(self, *, messaging_profile_id: str | None = None, phone_number: str | Sequence[str] | None = None,
              phone_number_contains: str | None = None, type: NumberType | None = None,
@@ -62,7 +62,7 @@ class Numbers:
 
     def retrieve_mobile(self, number_id: str) -> dict[str, Any]:
         """``GET /mobile_phone_numbers/{id}/messaging``."""
-        return self._t.data("GET", f"/mobile_phone_numbers/{segment(number_id)}/messaging")
+        return self._t.data_object("GET", f"/mobile_phone_numbers/{segment(number_id)}/messaging")
 
     def list_mobile(self, *, page_size: int = 250) -> Iterator[dict[str, Any]]:
         """``GET /mobile_phone_numbers/messaging``: every mobile number, lazily."""
@@ -79,18 +79,18 @@ class Numbers:
 
     def retrieve_hosted(self, number_id: str) -> dict[str, Any]:
         """``GET /messaging_hosted_numbers/{id}`` (by id or phone number)."""
-        return self._t.data("GET", f"/messaging_hosted_numbers/{segment(number_id)}")
+        return self._t.data_object("GET", f"/messaging_hosted_numbers/{segment(number_id)}")
 
     def update_hosted(self, number_id: str, *, messaging_profile_id: str | None = None,
                       messaging_product: str | None = None, tags: Sequence[str] | None = None) -> dict[str, Any]:
         """``PATCH /messaging_hosted_numbers/{id}``, with the same keep / unassign rules as :meth:`update`."""
         payload = body(messaging_profile_id=messaging_profile_id, messaging_product=messaging_product,
                        tags=None if tags is None else list(tags))
-        return self._t.data("PATCH", f"/messaging_hosted_numbers/{segment(number_id)}", json=payload)
+        return self._t.data_object("PATCH", f"/messaging_hosted_numbers/{segment(number_id)}", json=payload)
 
     def delete_hosted(self, number_id: str) -> dict[str, Any]:
         """``DELETE /messaging_hosted_numbers/{id}``: stop hosting; returns the hosted-number order."""
-        return self._t.data("DELETE", f"/messaging_hosted_numbers/{segment(number_id)}")
+        return self._t.data_object("DELETE", f"/messaging_hosted_numbers/{segment(number_id)}")
 
     # -- bulk updates ---------------------------------------------------------------------------------
 
@@ -102,8 +102,8 @@ class Numbers:
         returned ``order_id`` until ``pending`` is empty; ``failed`` lists the numbers it could not move.
         """
         payload = body(messaging_profile_id=messaging_profile_id, numbers=list(numbers), assign_only=assign_only)
-        return self._t.data("POST", BULK_UPDATES, json=payload)
+        return self._t.data_object("POST", BULK_UPDATES, json=payload)
 
     def retrieve_bulk_update(self, order_id: str) -> dict[str, Any]:
         """``GET /messaging_numbers_bulk_updates/{order_id}``: ``success``, ``pending`` and ``failed`` so far."""
-        return self._t.data("GET", f"{BULK_UPDATES}/{segment(order_id)}")
+        return self._t.data_object("GET", f"{BULK_UPDATES}/{segment(order_id)}")

@@ -38,15 +38,15 @@ class Profiles:
         cannot receive alphanumeric senders, so ``us_long_code_fallback`` names the long code used there."""
         payload = body(alphanumeric_sender_id=alphanumeric_sender_id, messaging_profile_id=messaging_profile_id,
                        us_long_code_fallback=us_long_code_fallback)
-        return self._t.data("POST", "/alphanumeric_sender_ids", json=payload)
+        return self._t.data_object("POST", "/alphanumeric_sender_ids", json=payload)
 
     def retrieve_alphanumeric_sender_id(self, sender_id: str) -> dict[str, Any]:
         """``GET /alphanumeric_sender_ids/{id}``."""
-        return self._t.data("GET", f"/alphanumeric_sender_ids/{segment(sender_id)}")
+        return self._t.data_object("GET", f"/alphanumeric_sender_ids/{segment(sender_id)}")
 
     def delete_alphanumeric_sender_id(self, sender_id: str) -> dict[str, Any]:
         """``DELETE /alphanumeric_sender_ids/{id}``; returns the deleted sender ID."""
-        return self._t.data("DELETE", f"/alphanumeric_sender_ids/{segment(sender_id)}")
+        return self._t.data_object("DELETE", f"/alphanumeric_sender_ids/{segment(sender_id)}")
 
     # -- metrics and secret ---------------------------------------------------------------------------
 
@@ -57,13 +57,13 @@ class Profiles:
     def metrics(self, profile_id: str, *, time_frame: TimeFrame | None = None) -> dict[str, Any]:
         """``GET /messaging_profiles/{id}/metrics``: ``overview`` plus ``detailed`` per time bucket and
         sender type. Telnyx defaults ``time_frame`` to 24h."""
-        return self._t.data("GET", f"/messaging_profiles/{segment(profile_id)}/metrics",
+        return self._t.data_object("GET", f"/messaging_profiles/{segment(profile_id)}/metrics",
                             params=body(time_frame=time_frame))
 
     def regenerate_secret(self, profile_id: str) -> dict[str, Any]:
         """``POST /messaging_profiles/{id}/actions/regenerate_secret``; returns the profile with its new
         ``v1_secret`` (the old one stops working)."""
-        return self._t.data("POST", f"/messaging_profiles/{segment(profile_id)}/actions/regenerate_secret")
+        return self._t.data_object("POST", f"/messaging_profiles/{segment(profile_id)}/actions/regenerate_secret")
 
     # -- auto-response configs ------------------------------------------------------------------------
 
@@ -83,17 +83,17 @@ class Profiles:
         """``POST .../autoresp_configs``: answer inbound ``keywords`` from ``country_code`` with ``resp_text``,
         and for ``op`` start / stop, lift or set the opt-out block."""
         payload = body(op=op, keywords=list(keywords), country_code=country_code, resp_text=resp_text)
-        return self._t.data("POST", _autoresp_path(profile_id), json=payload)
+        return self._t.data_object("POST", _autoresp_path(profile_id), json=payload)
 
     def retrieve_autoresp_config(self, profile_id: str, config_id: str) -> dict[str, Any]:
         """``GET .../autoresp_configs/{autoresp_cfg_id}``."""
-        return self._t.data("GET", _autoresp_path(profile_id, config_id))
+        return self._t.data_object("GET", _autoresp_path(profile_id, config_id))
 
     def update_autoresp_config(self, profile_id: str, config_id: str, *, op: AutorespOp, keywords: Sequence[str],
                                country_code: str, resp_text: str | None = None) -> dict[str, Any]:
         """``PUT .../autoresp_configs/{autoresp_cfg_id}``: a full replacement, so every field is required."""
         payload = body(op=op, keywords=list(keywords), country_code=country_code, resp_text=resp_text)
-        return self._t.data("PUT", _autoresp_path(profile_id, config_id), json=payload)
+        return self._t.data_object("PUT", _autoresp_path(profile_id, config_id), json=payload)
 
     def delete_autoresp_config(self, profile_id: str, config_id: str) -> str:
         """``DELETE .../autoresp_configs/{autoresp_cfg_id}``; Telnyx answers with the bare JSON string ``"OK"``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import tenacity
@@ -72,10 +72,10 @@ def error_for(response: httpx.Response) -> TelnyxError:
 
 def _wait(state: tenacity.RetryCallState) -> float:
     error = state.outcome.exception() if state.outcome else None
-    hint = getattr(error, "retry_after_s", None)
+    hint: float | None = getattr(error, "retry_after_s", None)
     if hint is not None and hint <= MAX_IN_CALL_WAIT_S:
         return hint
-    backoff = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (state.attempt_number - 1))
+    backoff: float = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (state.attempt_number - 1))
     return backoff * (0.75 + random.random() / 4)
 
 
@@ -133,6 +133,11 @@ class Transport:
         if body is None or isinstance(body, dict):
             return body
         raise TelnyxError(f"unexpected Telnyx response: {body!r:.200}")
+
+    def data_object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`data` of an operation Telnyx answers with one JSON object."""
+        # The decoded JSON is untyped (httpx's Response.json() is Any); these operations answer with an object.
+        return cast(dict[str, Any], self.data(method, path, **kwargs))
 
     def paginate(self, path: str, params: Mapping[str, Any] | None = None, *,
                  page_size: int = 250) -> Iterator[dict[str, Any]]:
