@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from producers.producer import Producer
 from worker import statuses
 from worker.actors import Actors
 from worker.broker import build_broker
+from worker.errors import StoreUnavailable
 from worker.serving import ServerThread, free_port
 from worker.settings import Settings
 from worker.simulator import Simulator, SimulatorConfig
@@ -309,6 +311,13 @@ class Outcome:
                 f"duplicates={self.duplicates}{extra}, seconds={self.seconds:.1f}")
 
 
+@dataclass
+class SteadyLoad:
+    """What :meth:`Chaos.steady_load` saw: sends refused with the store down (each tried again)."""
+
+    refused: int = 0
+
+
 class Chaos:
     """Simulator and webhook receiver in threads; workers and the scheduler as processes; a producer here."""
 
@@ -347,6 +356,34 @@ class Chaos:
             self.ids.append(self.producer.send(f"+1312556{i:04d}", from_=SENDERS[i % len(SENDERS)],
                                                text=f"chaos message {i}"))
         return self.ids
+
+    @contextlib.contextmanager
+    def steady_load(self, per_second: float = 20.0) -> Iterator[SteadyLoad]:
+        """Produce messages at ``per_second`` in a thread until the block ends; a send refused because the store
+        is down is counted and tried again, with the same Idempotency-Key, half a second later."""
+        load = SteadyLoad()
+        stop = threading.Event()
+
+        def run() -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    self.ids.append(self.producer.send(
+                        f"+1312556{i:04d}", from_=SENDERS[i % len(SENDERS)], text=f"chaos message {i}",
+                        idempotency_key=f"load-{i}"))
+                    i += 1
+                    time.sleep(1 / per_second)
+                except StoreUnavailable:
+                    load.refused += 1
+                    time.sleep(0.5)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield load
+        finally:
+            stop.set()
+            thread.join(30)
 
     def counts(self) -> Counter[str]:
         with self.store.reader.connect() as conn:

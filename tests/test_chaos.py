@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
-from chaos_support import SENDERS, Chaos, PrivatePostgres, PrivateRedis, Proc, chaos_sim_config, running, scale
+from chaos_support import Chaos, PrivatePostgres, PrivateRedis, Proc, chaos_sim_config, running, scale
 
 from worker import statuses
-from worker.errors import StoreUnavailable
 from worker.simulator.faults import FaultConfig
 from worker.store import Store, events, utcnow
 
@@ -162,29 +160,17 @@ def test_redis_restarted_without_persistence_loses_nothing(base_settings, tmp_pa
         with running(base_settings, tmp_path, sim_config=config, redis_url=server.url) as (chaos, _):
             chaos.start_scheduler()
             chaos.start_worker(threads=8)
-            produced = threading.Event()
-
-            def load() -> None:
-                i = 0
-                while not produced.is_set():
-                    chaos.ids.append(chaos.producer.send(f"+1312556{i:04d}", from_=SENDERS[i % len(SENDERS)],
-                                                         text=f"chaos message {i}"))
-                    i += 1
-                    time.sleep(0.05)  # about 20 messages a second, before, during and after the outage
-
-            loader = threading.Thread(target=load, daemon=True)
-            loader.start()
-            time.sleep(scale(20, 10))
-            server.kill()
-            killed_at, killed_utc = time.monotonic(), utcnow()
-            time.sleep(outage_s)
-            stored_during = chaos.counts()[statuses.QUEUED]
-            restarting_utc = utcnow()
-            server.start()
-            restarted_at = time.monotonic()
-            time.sleep(5)  # the load goes on after the restart
-            produced.set()
-            loader.join(30)
+            # About 20 messages a second, before, during and after the outage.
+            with chaos.steady_load():
+                time.sleep(scale(20, 10))
+                server.kill()
+                killed_at, killed_utc = time.monotonic(), utcnow()
+                time.sleep(outage_s)
+                stored_during = chaos.counts()[statuses.QUEUED]
+                restarting_utc = utcnow()
+                server.start()
+                restarted_at = time.monotonic()
+                time.sleep(5)  # the load goes on after the restart
             chaos.wait_final(60 - (time.monotonic() - restarted_at))
             final_after = time.monotonic() - restarted_at
             counts = chaos.counts()
@@ -340,36 +326,16 @@ def test_a_store_outage_pauses_the_work_and_loses_nothing(base_settings, tmp_pat
         with running(settings, tmp_path, sim_config=config) as (chaos, _):
             chaos.start_scheduler()
             chaos.start_worker(threads=8)
-            refused = 0
-            stopped = threading.Event()
-            produced = threading.Event()
-
-            def load() -> None:
-                nonlocal refused
-                i = 0
-                while not produced.is_set():
-                    try:
-                        chaos.ids.append(chaos.producer.send(
-                            f"+1312556{i:04d}", from_=SENDERS[i % len(SENDERS)], text=f"chaos message {i}",
-                            idempotency_key=f"outage-{i}"))
-                        i += 1
-                        time.sleep(0.05)  # about 20 messages a second
-                    except StoreUnavailable:
-                        refused += 1  # the client is told the store is down, and tries again in a while
-                        time.sleep(0.5)
-
-            loader = threading.Thread(target=load, daemon=True)
-            loader.start()
-            time.sleep(scale(20, 10))
-            pg.stop_immediately()
-            stopped_at = time.monotonic()
-            stopped.set()
-            time.sleep(outage_s)
-            pg.start()
-            restarted_at = time.monotonic()
-            time.sleep(5)  # the load goes on after the restart
-            produced.set()
-            loader.join(30)
+            # About 20 messages a second; the client is told the store is down, and tries again in a while.
+            with chaos.steady_load() as load:
+                time.sleep(scale(20, 10))
+                pg.stop_immediately()
+                stopped_at = time.monotonic()
+                time.sleep(outage_s)
+                pg.start()
+                restarted_at = time.monotonic()
+                time.sleep(5)  # the load goes on after the restart
+            refused = load.refused
             chaos.wait_final(30 - (time.monotonic() - restarted_at))
             final_after = time.monotonic() - restarted_at
             counts = chaos.counts()
